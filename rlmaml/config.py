@@ -51,6 +51,8 @@ class RunConfig:
     """Mirror metrics to TensorBoard (needs the tensorboard extra)."""
     max_consecutive_failures: int = 5
     """Stop the run after this many consecutive skipped (non-finite) updates."""
+    device: str = "auto"
+    """Learner device: auto (CUDA when available), cpu or cuda."""
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,6 @@ class RLConfig:
     """Ray address to join ('auto' or host:port); empty starts a local Ray."""
     num_workers: int = 0
     """Rollout actors; 0 means the cluster's CPUs minus what the learner needs."""
-    device: str = "auto"
-    """Learner device: auto (CUDA when available), cpu or cuda."""
     task_timeout_s: float = 300.0
     """Seconds before a rollout call is cancelled and resubmitted."""
     max_task_retries: int = 3
@@ -300,14 +300,19 @@ def build_config(preset: str | dict[str, Any], overrides: list[str] | tuple[str,
     base = OmegaConf.structured(Config)
     OmegaConf.set_readonly(base, False)
     layer = preset_dict(preset) if isinstance(preset, str) else preset
-    dotted = {}
+    dotted: dict[str, Any] = {}
     for item in overrides:
         key, value = _split_override(item)
-        dotted[key] = _parse_value(value)
+        node = dotted
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+            node = child
+        node[leaf] = _parse_value(value)
     try:
-        merged = OmegaConf.merge(base, OmegaConf.create(layer))
-        for key, value in dotted.items():
-            OmegaConf.update(merged, key, value, merge=True, force_add=False)
+        merged = OmegaConf.merge(base, OmegaConf.create(layer), OmegaConf.create(dotted))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(_friendly(exc)) from None
@@ -358,6 +363,7 @@ def validate(cfg: Config) -> None:
     _choice(cfg.experiment, "experiment", EXPERIMENTS)
     for key in ("iterations", "checkpoint_every", "keep_checkpoints", "log_every", "max_consecutive_failures"):
         _positive(getattr(cfg.run, key), f"run.{key}")
+    _choice(cfg.run.device, "run.device", ("auto", "cpu", "cuda"))
     _positive(cfg.maml.inner_lr, "maml.inner_lr")
     _require(cfg.maml.inner_steps >= 0, f"maml.inner_steps must be >= 0, got {cfg.maml.inner_steps}")
     _require(0.0 <= cfg.maml.first_order_until <= 1.0,
@@ -403,7 +409,6 @@ def validate(cfg: Config) -> None:
     _choice(r.inner_loss, "rl.inner_loss", ("reinforce", "lvc"))
     _choice(r.outer, "rl.outer", ("trpo", "ppo"))
     _choice(r.backend, "rl.backend", ("ray", "local"))
-    _choice(r.device, "rl.device", ("auto", "cpu", "cuda"))
 
     e = cfg.eval
     _positive(e.test_tasks, "eval.test_tasks")

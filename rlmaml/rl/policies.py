@@ -1,0 +1,165 @@
+"""Stochastic MLP policies and the parameter plumbing around them.
+
+Policies are ordinary ``nn.Module``s whose ``forward`` returns a ``torch.distributions.Distribution``;
+everything else runs them functionally (``functional_call``) with a ``Params`` dict so that the MAML core
+(``rlmaml.meta``) can adapt them and the samplers can act with parameters shipped as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+from torch.func import functional_call
+
+from rlmaml.meta import Params
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
+    """A ReLU MLP ``in_dim -> hidden... -> out_dim`` with a linear output layer."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        width = int(h)
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+class GaussianMLPPolicy(nn.Module):
+    """Diagonal Gaussian policy: MLP mean, state-independent learned log standard deviation.
+
+    The std is ``exp(max(log_std, log(min_std)))``, as in rllab / the MAML paper, so it never collapses
+    below ``min_std`` while the gradient still flows whenever ``log_std`` is above the floor.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (100, 100),
+        init_std: float = 1.0,
+        min_std: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if not init_std > 0 or not min_std > 0:
+            raise ValueError(f"init_std and min_std must be positive, got {init_std}, {min_std}")
+        self.obs_dim = int(obs_dim)
+        self.act_dim = int(act_dim)
+        self.min_log_std = math.log(min_std)
+        self.mean = mlp(self.obs_dim, hidden, self.act_dim)
+        self.log_std = nn.Parameter(torch.full((self.act_dim,), math.log(init_std)))
+
+    def forward(self, obs: Tensor) -> Distribution:
+        """``Independent(Normal)`` over the last (action) dimension: one ``log_prob`` per sample."""
+        mean = self.mean(obs)
+        std = torch.exp(self.log_std.clamp(min=self.min_log_std)).expand_as(mean)
+        return Independent(Normal(mean, std), 1)
+
+
+class CategoricalMLPPolicy(nn.Module):
+    """Categorical policy over ``n_actions`` with MLP logits."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (100, 100)) -> None:
+        super().__init__()
+        self.obs_dim = int(obs_dim)
+        self.n_actions = int(n_actions)
+        self.logits = mlp(self.obs_dim, hidden, self.n_actions)
+
+    def forward(self, obs: Tensor) -> Distribution:
+        """``Categorical`` over the last dimension of the logits."""
+        return Categorical(logits=self.logits(obs))
+
+
+def make_policy(
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    hidden: Sequence[int] = (100, 100),
+    init_std: float = 1.0,
+    min_std: float = 1e-6,
+) -> nn.Module:
+    """The policy matching the gymnasium spaces: ``Box`` actions -> Gaussian, ``Discrete`` -> Categorical."""
+    if not isinstance(observation_space, spaces.Box):
+        raise TypeError(f"observation space must be a Box, got {observation_space!r}")
+    obs_dim = int(np.prod(observation_space.shape))
+    if isinstance(action_space, spaces.Box):
+        return GaussianMLPPolicy(obs_dim, int(np.prod(action_space.shape)), hidden, init_std, min_std)
+    if isinstance(action_space, spaces.Discrete):
+        return CategoricalMLPPolicy(obs_dim, int(action_space.n), hidden)
+    raise TypeError(f"unsupported action space {action_space!r}")
+
+
+def policy_distribution(policy: nn.Module, params: Params, obs: Tensor) -> Distribution:
+    """The action distribution of ``policy`` run with ``params`` (not its own parameters) on ``obs``."""
+    return functional_call(policy, params, (obs,))
+
+
+def act(
+    policy: nn.Module,
+    params: Params,
+    obs: np.ndarray,
+    generator: torch.Generator,
+    deterministic: bool = False,
+) -> np.ndarray:
+    """Sample one action per row of ``obs`` ([K, obs_dim]) in a single forward pass, without grad.
+
+    Randomness comes only from ``generator`` (which must live on the parameters' device), so a rollout is
+    reproducible from its seed. ``deterministic`` returns the mean (Gaussian) or the mode (Categorical).
+    Returns ``[K, act_dim]`` float32 or ``[K]`` int64.
+    """
+    ref = next(iter(params.values()))
+    with torch.no_grad():
+        x = torch.as_tensor(np.asarray(obs), dtype=ref.dtype, device=ref.device)
+        dist = policy_distribution(policy, params, x)
+        if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+            mean, std = dist.base_dist.loc, dist.base_dist.scale
+            action = mean if deterministic else torch.normal(mean, std, generator=generator)
+            return action.to(torch.float32).cpu().numpy()
+        if isinstance(dist, Categorical):
+            probs = dist.probs
+            if deterministic:
+                action = probs.argmax(-1)
+            else:
+                flat = probs.reshape(-1, probs.shape[-1])
+                action = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+            return action.to(torch.int64).cpu().numpy()
+    raise TypeError(f"act does not support distribution {type(dist).__name__}")
+
+
+def flat_params(params: Params) -> Tensor:
+    """All parameters concatenated into one vector, in the dict's order (differentiable)."""
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def set_flat_params(template: Params, flat: Tensor) -> Params:
+    """The inverse of ``flat_params``: a new dict shaped like ``template`` holding slices of ``flat``."""
+    total = sum(p.numel() for p in template.values())
+    if flat.ndim != 1 or flat.numel() != total:
+        raise ValueError(f"flat vector has shape {tuple(flat.shape)}, expected ({total},)")
+    out: Params = {}
+    offset = 0
+    for name, p in template.items():
+        n = p.numel()
+        out[name] = flat[offset : offset + n].view_as(p)
+        offset += n
+    return out
+
+
+def params_to_numpy(params: Params) -> dict[str, np.ndarray]:
+    """Detached CPU numpy copies, for shipping parameters to rollout workers."""
+    return {name: p.detach().cpu().numpy().copy() for name, p in params.items()}
+
+
+def params_from_numpy(
+    d: Mapping[str, np.ndarray], device: torch.device | str = "cpu", requires_grad: bool = False
+) -> Params:
+    """Tensors on ``device`` from ``params_to_numpy`` output (new leaf tensors)."""
+    return {
+        name: torch.as_tensor(np.asarray(a)).to(device).clone().requires_grad_(requires_grad)
+        for name, a in d.items()
+    }

@@ -1,0 +1,155 @@
+"""The TRPO outer step (Schulman et al. 2015) on a parameter dict, as used by MAML-RL.
+
+The surrogate and KL are given as functions of a parameter dict, so they may adapt internally
+(``φ(θ) = rlmaml.meta.adapt(θ)``, itself a ``torch.func.grad``); the Hessian-vector products then
+differentiate through that inner gradient (third order), which ordinary double backprop handles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rlmaml.meta import Params, all_finite
+from rlmaml.rl.policies import flat_params, set_flat_params
+
+
+@dataclass(frozen=True)
+class TrpoConfig:
+    """Trust region size, conjugate-gradient and backtracking line-search settings."""
+
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_steps: int = 15
+    ls_ratio: float = 0.8
+
+
+@dataclass(frozen=True)
+class TrpoResult:
+    """Outcome of one TRPO step. ``new_params`` is None unless ``accepted``; the caller then keeps θ.
+
+    ``surrogate_after`` and ``kl`` are those of the accepted candidate (or of the last one tried;
+    NaN if none was).
+    """
+
+    new_params: Params | None
+    accepted: bool
+    reason: str
+    surrogate_before: float
+    surrogate_after: float
+    kl: float
+    grad_norm: float
+    ls_steps_taken: int
+
+
+def _flat_grad(output: Tensor, params: list[Tensor], create_graph: bool = False) -> Tensor:
+    grads = torch.autograd.grad(output, params, create_graph=create_graph, retain_graph=True, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+
+
+def hessian_vector_product(
+    kl_fn: Callable[[], Tensor], params: list[Tensor], damping: float
+) -> Callable[[Tensor], Tensor]:
+    """``v -> (∇²kl) v + damping · v`` by exact double backprop.
+
+    ``kl_fn`` is evaluated and differentiated (with ``create_graph``) once; every call of the returned
+    function reuses that first gradient, as conjugate gradient needs several products at one point.
+    """
+    kl = kl_fn()
+    if kl.requires_grad:
+        grad_kl = _flat_grad(kl, params, create_graph=True)
+    else:  # KL independent of params: zero curvature
+        grad_kl = torch.zeros(sum(p.numel() for p in params), dtype=kl.dtype, device=kl.device)
+
+    def hvp(v: Tensor) -> Tensor:
+        v = v.detach().to(grad_kl)
+        if not grad_kl.requires_grad:
+            return damping * v
+        return _flat_grad((grad_kl * v).sum(), params).detach() + damping * v
+
+    return hvp
+
+
+def conjugate_gradient(
+    Avp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, residual_tol: float = 1e-10
+) -> Tensor:
+    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given only ``v -> A v``."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r.dot(r)
+    for _ in range(iters):
+        if rr <= residual_tol:
+            break
+        Ap = Avp(p)
+        alpha = rr / p.dot(Ap)
+        x = x + alpha * p
+        r = r - alpha * Ap
+        rr_new = r.dot(r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def trpo_step(
+    params: Params,
+    surrogate_fn: Callable[[Params], Tensor],
+    kl_fn: Callable[[Params], Tensor],
+    cfg: TrpoConfig | None = None,
+) -> TrpoResult:
+    """One TRPO update minimising ``surrogate_fn`` subject to ``kl_fn ≤ cfg.max_kl``.
+
+    ``params`` are leaf tensors requiring grad and are not modified. The natural-gradient direction
+    solves ``H x = -g`` (H the KL Hessian at ``params``) by conjugate gradient, is scaled to the trust
+    region boundary, and is backtracked by ``ls_ratio`` until the surrogate decreases with the KL within
+    bounds. Non-finite quantities at any stage skip the update; returned params are always finite.
+    """
+    cfg = TrpoConfig() if cfg is None else cfg
+    names = list(params)
+    leaves = [params[n] for n in names]
+    if not all(p.requires_grad for p in leaves):
+        raise ValueError("trpo_step needs parameters that require grad")
+    nan = math.nan
+
+    def skipped(reason: str, before: float, gnorm: float, after: float = nan, kl: float = nan, ls: int = 0):
+        return TrpoResult(None, False, reason, before, after, kl, gnorm, ls)
+
+    loss = surrogate_fn(params)
+    before = float(loss.detach())
+    if not math.isfinite(before):
+        return skipped("non-finite surrogate", before, nan)
+    g = _flat_grad(loss, leaves).detach()
+    gnorm = float(g.norm())
+    if not math.isfinite(gnorm):
+        return skipped("non-finite gradient", before, gnorm)
+    if gnorm == 0.0:
+        return skipped("zero gradient", before, gnorm)
+
+    hvp = hessian_vector_product(lambda: kl_fn(params), leaves, cfg.cg_damping)
+    x = conjugate_gradient(hvp, -g, cfg.cg_iters)
+    xhx = float(x.dot(hvp(x))) if all_finite(x) else nan
+    del hvp  # frees the KL graph before the line search
+    if not math.isfinite(xhx):
+        return skipped("non-finite CG", before, gnorm)
+    if xhx <= 0.0:
+        return skipped("non-positive curvature", before, gnorm)
+    full_step = math.sqrt(2.0 * cfg.max_kl / xhx) * x
+    if not all_finite(full_step):
+        return skipped("non-finite CG", before, gnorm)
+
+    theta = flat_params({n: p.detach() for n, p in params.items()})
+    after, kl = nan, nan
+    for i in range(cfg.ls_steps):
+        candidate = set_flat_params(params, theta + (cfg.ls_ratio**i) * full_step)
+        with torch.no_grad():
+            after = float(surrogate_fn(candidate))
+            kl = float(kl_fn(candidate))
+        if math.isfinite(after) and math.isfinite(kl) and after < before and kl <= cfg.max_kl:
+            new_params = {n: p.detach().clone() for n, p in candidate.items()}
+            return TrpoResult(new_params, True, "ok", before, after, kl, gnorm, i + 1)
+    return skipped("line search failed", before, gnorm, after, kl, cfg.ls_steps)
