@@ -17,7 +17,7 @@ from torch import Tensor
 _OPTIONAL = ("returns", "advantages")
 
 
-@dataclass
+@dataclass(eq=False)
 class Episodes:
     """K padded trajectories, time-major: ``observations [T, K, obs_dim]``, ``rewards/mask [T, K]``.
 

@@ -97,7 +97,9 @@ def inner_loss(policy: nn.Module, kind: InnerLossKind = "reinforce") -> LossFn:
     raise ValueError(f"inner loss must be 'reinforce' or 'lvc', got {kind!r}")
 
 
-def surrogate_loss(policy: nn.Module, params_new: Params, episodes: Episodes, old_log_probs: Tensor) -> Tensor:
+def surrogate_loss(
+    policy: nn.Module, params_new: Params, episodes: Episodes, old_log_probs: Tensor
+) -> Tensor:
     """TRPO surrogate ``-mean_valid exp(logp_new - old_logp) · A`` (lower is better)."""
     ratio = torch.exp(log_probs(policy, params_new, episodes) - old_log_probs.detach())
     return -masked_mean(ratio * _advantages_of(episodes), episodes.mask)

@@ -48,8 +48,12 @@ class TrpoResult:
 
 
 def _flat_grad(output: Tensor, params: list[Tensor], create_graph: bool = False) -> Tensor:
-    grads = torch.autograd.grad(output, params, create_graph=create_graph, retain_graph=True, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+    grads = torch.autograd.grad(
+        output, params, create_graph=create_graph, retain_graph=True, allow_unused=True
+    )
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
+    )
 
 
 def hessian_vector_product(

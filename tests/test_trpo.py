@@ -1,0 +1,214 @@
+"""Specifications of rlmaml.rl.trpo: exact HVPs (also through an inner torch.func.grad), CG, the step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlmaml.meta import Params, adapt, params_of
+from rlmaml.rl.episodes import Episodes
+from rlmaml.rl.objectives import (
+    detached_distribution,
+    log_probs,
+    mean_kl,
+    reinforce_loss,
+    surrogate_loss,
+    with_advantages,
+)
+from rlmaml.rl.policies import GaussianMLPPolicy, flat_params, set_flat_params
+from rlmaml.rl.trpo import TrpoConfig, conjugate_gradient, hessian_vector_product, trpo_step
+
+DOUBLE = torch.float64
+
+
+def _setup(seed: int = 0, dtype: torch.dtype = torch.float64, T: int = 8, K: int = 6):
+    """A small Gaussian policy and padded episodes sampled from it (fixed actions)."""
+    torch.manual_seed(seed)
+    policy = GaussianMLPPolicy(2, 1, hidden=(6,), init_std=0.8).to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(T, K, 2, generator=g, dtype=dtype)
+    with torch.no_grad():
+        dist = policy(obs).base_dist
+        actions = torch.normal(dist.loc, dist.scale, generator=g)
+    lengths = torch.tensor([T, T, T - 2, 5, 3, 2][:K])
+    mask = (torch.arange(T).unsqueeze(1) < lengths).to(dtype)
+    rewards = -(actions.squeeze(-1) - obs[..., 0]) ** 2
+    return policy, with_advantages(Episodes(obs, actions, rewards, mask), gamma=0.95)
+
+
+def _leaf_params(policy: torch.nn.Module) -> Params:
+    return {n: p.detach().clone().requires_grad_(True) for n, p in params_of(policy).items()}
+
+
+def _plain_fns(policy, ep, params):
+    old_logp = log_probs(policy, params, ep).detach()
+    old = detached_distribution(policy, params, ep)
+    return (lambda p: surrogate_loss(policy, p, ep, old_logp)), (lambda p: mean_kl(policy, old, p, ep))
+
+
+def _maml_fns(policy, train, val, params, lr=0.2):
+    """MAML-TRPO's surrogate and KL: both evaluated at φ(θ') = adapt(θ') on the post-update episodes."""
+    inner = reinforce_loss(policy)
+
+    def phi(p: Params) -> Params:
+        return adapt(inner, p, train, lr=lr)
+
+    with torch.no_grad():
+        phi0 = {n: v.detach() for n, v in phi(params).items()}
+    old_logp = log_probs(policy, phi0, val)
+    old = detached_distribution(policy, phi0, val)
+    return (
+        (lambda p: surrogate_loss(policy, phi(p), val, old_logp)),
+        (lambda p: mean_kl(policy, old, phi(p), val)),
+    )
+
+
+def _fd_hvp(kl_fn, params: Params, v: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Central differences of the (autograd) KL gradient along v."""
+    template = {n: p.detach() for n, p in params.items()}
+    theta = flat_params(template)
+
+    def flat_grad(flat: torch.Tensor) -> torch.Tensor:
+        x = flat.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(kl_fn(set_flat_params(template, x)), x)
+        return g
+
+    return (flat_grad(theta + eps * v) - flat_grad(theta - eps * v)) / (2 * eps)
+
+
+def test_hvp_matches_finite_differences() -> None:
+    policy, ep = _setup()
+    params = _leaf_params(policy)
+    _, kl_fn = _plain_fns(policy, ep, params)
+    # away from the old params so that the KL gradient is not zero there either
+    shifted = {n: (p.detach() + 0.05).requires_grad_(True) for n, p in params.items()}
+    v = torch.randn(flat_params(params).numel(), generator=torch.Generator().manual_seed(3), dtype=DOUBLE)
+    hvp = hessian_vector_product(lambda: kl_fn(shifted), list(shifted.values()), damping=0.0)
+    torch.testing.assert_close(hvp(v), _fd_hvp(kl_fn, shifted, v), rtol=1e-6, atol=1e-8)
+
+
+def test_hvp_adds_damping_times_v() -> None:
+    policy, ep = _setup()
+    params = _leaf_params(policy)
+    _, kl_fn = _plain_fns(policy, ep, params)
+    v = torch.randn(flat_params(params).numel(), dtype=torch.float64)
+    plain = hessian_vector_product(lambda: kl_fn(params), list(params.values()), damping=0.0)(v)
+    damped = hessian_vector_product(lambda: kl_fn(params), list(params.values()), damping=0.1)(v)
+    torch.testing.assert_close(damped - plain, 0.1 * v)
+
+
+def test_hvp_through_an_inner_func_grad_step_matches_finite_differences() -> None:
+    """Third order: the KL is a function of θ through φ(θ) = adapt(θ) (torch.func.grad inside)."""
+    policy, train = _setup(seed=1)
+    _, val = _setup(seed=2)
+    params = _leaf_params(policy)
+    _, kl_fn = _maml_fns(policy, train, val, params)
+    shifted = {n: (p.detach() + 0.03).requires_grad_(True) for n, p in params.items()}
+    v = torch.randn(flat_params(params).numel(), generator=torch.Generator().manual_seed(4), dtype=DOUBLE)
+    hvp = hessian_vector_product(lambda: kl_fn(shifted), list(shifted.values()), damping=0.0)
+    expected = _fd_hvp(kl_fn, shifted, v)
+    assert expected.norm() > 0
+    torch.testing.assert_close(hvp(v), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_hvp_reuses_one_kl_evaluation_across_products() -> None:
+    policy, ep = _setup()
+    params = _leaf_params(policy)
+    _, kl_fn = _plain_fns(policy, ep, params)
+    calls = []
+    hvp = hessian_vector_product(lambda: calls.append(1) or kl_fn(params), list(params.values()), 0.0)
+    v = torch.ones(flat_params(params).numel(), dtype=torch.float64)
+    torch.testing.assert_close(hvp(v), hvp(v))
+    assert len(calls) == 1
+
+
+def test_conjugate_gradient_solves_a_known_spd_system() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    a = m @ m.T + 6 * torch.eye(6, dtype=torch.float64)
+    x_true = torch.randn(6, generator=g, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: a @ v, a @ x_true, iters=20)
+    torch.testing.assert_close(x, x_true)
+
+
+def test_conjugate_gradient_of_zero_rhs_is_zero() -> None:
+    x = conjugate_gradient(lambda v: 2 * v, torch.zeros(3))
+    assert bool((x == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_trpo_step_improves_the_surrogate_within_the_kl_bound(dtype: torch.dtype) -> None:
+    policy, ep = _setup(dtype=dtype)
+    params = _leaf_params(policy)
+    surrogate_fn, kl_fn = _plain_fns(policy, ep, params)
+    cfg = TrpoConfig(max_kl=0.01)
+    result = trpo_step(params, surrogate_fn, kl_fn, cfg)
+    assert result.accepted and result.reason == "ok"
+    assert result.new_params is not None
+    with torch.no_grad():
+        after = float(surrogate_fn(result.new_params))
+        kl = float(kl_fn(result.new_params))
+    assert after < result.surrogate_before
+    assert kl <= cfg.max_kl
+    assert math.isclose(after, result.surrogate_after, rel_tol=1e-6)
+    assert 1 <= result.ls_steps_taken <= cfg.ls_steps
+    assert all(not p.requires_grad and p.dtype == dtype for p in result.new_params.values())
+
+
+def test_trpo_step_leaves_the_input_params_unchanged() -> None:
+    policy, ep = _setup()
+    params = _leaf_params(policy)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    trpo_step(params, *_plain_fns(policy, ep, params))
+    for n in params:
+        assert torch.equal(params[n].detach(), before[n])
+
+
+def test_maml_trpo_step_through_the_inner_adaptation_improves_within_the_kl_bound() -> None:
+    policy, train = _setup(seed=1)
+    _, val = _setup(seed=2)
+    params = _leaf_params(policy)
+    surrogate_fn, kl_fn = _maml_fns(policy, train, val, params)
+    cfg = TrpoConfig(max_kl=0.01)
+    result = trpo_step(params, surrogate_fn, kl_fn, cfg)
+    assert result.accepted, result.reason
+    assert result.surrogate_after < result.surrogate_before
+    assert result.kl <= cfg.max_kl
+
+
+def test_trpo_step_skips_on_a_non_finite_gradient() -> None:
+    params = {"w": torch.zeros(3, requires_grad=True)}
+    result = trpo_step(params, lambda p: p["w"].sqrt().sum(), lambda p: (p["w"] ** 2).sum())
+    assert not result.accepted and result.new_params is None
+    assert result.reason == "non-finite gradient"
+
+
+def test_trpo_step_skips_on_a_non_finite_kl_curvature() -> None:
+    params = {"w": torch.ones(3, requires_grad=True)}
+    result = trpo_step(params, lambda p: p["w"].sum(), lambda p: (float("nan") * p["w"] ** 2).sum())
+    assert not result.accepted and result.new_params is None
+    assert result.reason == "non-finite CG"
+
+
+def test_trpo_step_reports_a_failed_line_search() -> None:
+    """The KL's curvature at θ is mild but it grows so fast that no backtracked step fits the bound."""
+    w0 = torch.zeros(3, dtype=torch.float64)
+    params = {"w": w0.clone().requires_grad_(True)}
+
+    def kl_fn(p: Params) -> torch.Tensor:
+        d2 = ((p["w"] - w0) ** 2).sum()
+        return 0.5 * d2 + 1e6 * d2**2
+
+    cfg = TrpoConfig(max_kl=0.01, ls_steps=2)
+    result = trpo_step(params, lambda p: p["w"].sum(), kl_fn, cfg)
+    assert not result.accepted and result.new_params is None
+    assert result.reason == "line search failed"
+    assert result.ls_steps_taken == cfg.ls_steps
+
+
+def test_trpo_step_skips_with_zero_gradient() -> None:
+    params = {"w": torch.zeros(2, requires_grad=True)}
+    result = trpo_step(params, lambda p: (p["w"] ** 2).sum(), lambda p: (p["w"] ** 2).sum())
+    assert not result.accepted and result.reason == "zero gradient"
