@@ -1,0 +1,147 @@
+"""2-D point navigation (``rlmaml/Navigation2D-v0``), after Finn et al. (2017), section 5.2.
+
+The agent is a point starting at the origin; the action is a velocity, clipped to
+``[-0.1, 0.1]^2``; the observation is the current position; the reward is the negative
+Euclidean distance to the goal; the episode terminates when both coordinates are within
+0.01 of the goal and is truncated at H = 100 steps.  Goals are uniform in ``[-0.5, 0.5]^2``.
+
+Differences from the original code (rllab / pytorch-maml-rl ``Navigation2DEnv``):
+
+* the position is kept in float64 (the original used float32); observations are float32.
+  Reason: exact equality between the single env and the batched stepper, and no drift.
+* an action containing NaN/inf raises ``ValueError`` (the original asserted it was in range
+  after clipping, which NaN silently passes through ``np.clip``).
+* the oracle variant (``Navigation2DOracle-v0``) appends the goal to the observation.
+
+The step is written as a vectorised kernel over ``[K, 2]`` states, used both by the single env
+(K = 1) and by :class:`BatchedNavigation2D` (no Python loop over envs).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import EzPickle
+
+from .base import TaskEnvMixin, check_action, check_actions, check_active, check_finite
+from .registry import FAMILIES
+
+MAX_SPEED = 0.1
+GOAL_TOLERANCE = 0.01
+
+
+def nav_step(state: np.ndarray, actions: np.ndarray, goal: np.ndarray):
+    """Vectorised step: ``state`` [K,2] float64, clipped ``actions`` [K,2] -> (new state, reward [K],
+    terminated [K], distance [K])."""
+    new_state = state + actions
+    dx = new_state[:, 0] - goal[0]
+    dy = new_state[:, 1] - goal[1]
+    dist = np.sqrt(dx * dx + dy * dy)
+    terminated = (np.abs(dx) < GOAL_TOLERANCE) & (np.abs(dy) < GOAL_TOLERANCE)
+    return new_state, -dist, terminated, dist
+
+
+def nav_obs(state: np.ndarray, goal: np.ndarray, oracle: bool) -> np.ndarray:
+    if oracle:
+        return np.concatenate([state, np.broadcast_to(goal, state.shape)], axis=1).astype(np.float32)
+    return state.astype(np.float32)
+
+
+class Navigation2DEnv(TaskEnvMixin, gym.Env, EzPickle):
+    """Point-mass navigation to a goal. Task: ``{"goal": ndarray(2,)}``."""
+
+    metadata = {"render_modes": []}
+    family = "Navigation2D"
+    task_dim = 2
+
+    def __init__(self, task: dict | None = None, oracle: bool = False, render_mode: str | None = None):
+        EzPickle.__init__(self, task=task, oracle=oracle, render_mode=render_mode)
+        if render_mode is not None:
+            raise ValueError(f"Navigation2DEnv has no render modes, got render_mode={render_mode!r}")
+        self.render_mode = None
+        self._init_task(task, oracle)
+        obs_dim = 2 + (2 if self._oracle else 0)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float32)
+        self.action_space = spaces.Box(-MAX_SPEED, MAX_SPEED, shape=(2,), dtype=np.float32)
+        self._state = np.zeros((1, 2))
+
+    @staticmethod
+    def _task_vector(task: dict) -> np.ndarray:
+        return np.asarray(task["goal"], dtype=np.float64).copy()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        task = self._task_from_options(options)
+        if task is not None:
+            self.set_task(task)
+        self._state = np.zeros((1, 2))
+        return nav_obs(self._state, self._task_vec, self._oracle)[0], {}
+
+    def step(self, action):
+        a = check_action(action, (2,), -MAX_SPEED, MAX_SPEED, "Navigation2DEnv.step")
+        self._state, reward, terminated, dist = nav_step(self._state, a[None], self._task_vec)
+        obs = nav_obs(self._state, self._task_vec, self._oracle)[0]
+        info = {"distance": float(dist[0]), "reward_goal": float(reward[0])}
+        return obs, float(reward[0]), bool(terminated[0]), False, info
+
+
+class BatchedNavigation2D:
+    """K navigation envs as one ``[K, 2]`` state array (pure numpy, no per-env loop)."""
+
+    def __init__(self, env_id: str, num_envs: int, task: dict | None = None, **env_kwargs):
+        import gymnasium
+
+        if int(num_envs) != num_envs or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        self.env_id = env_id
+        self.num_envs = int(num_envs)
+        spec = gymnasium.spec(env_id)
+        max_steps = env_kwargs.pop("max_episode_steps", None) or spec.max_episode_steps
+        kwargs = {**spec.kwargs, **env_kwargs}
+        self._proto = Navigation2DEnv(task=task, **kwargs)  # spaces, validation, oracle flag
+        self.single_observation_space = self._proto.observation_space
+        self.single_action_space = self._proto.action_space
+        self.max_episode_steps = int(max_steps or FAMILIES["Navigation2D"][1])
+        self._state = np.zeros((self.num_envs, 2))
+        self._t = np.zeros(self.num_envs, dtype=np.int64)
+        self._obs = nav_obs(self._state, self._proto._task_vec, self._proto.oracle)
+
+    def set_task(self, task: dict) -> None:
+        self._proto.set_task(task)
+
+    def get_task(self) -> dict:
+        return self._proto.get_task()
+
+    def reset(self, seed: int) -> np.ndarray:
+        # No randomness in this env; the seed is accepted for interface parity.
+        self._state = np.zeros((self.num_envs, 2))
+        self._t[:] = 0
+        self._obs = nav_obs(self._state, self._proto._task_vec, self._proto.oracle)
+        return self._obs.copy()
+
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None):
+        where = f"{self.env_id} batched step"
+        act = check_active(active, self.num_envs, where)
+        a = check_actions(actions, act, (2,), -MAX_SPEED, MAX_SPEED, where)
+        goal = self._proto._task_vec
+        new_state, reward, terminated, dist = nav_step(self._state, a, goal)
+        all_active = act.all()
+        if not all_active:
+            new_state = np.where(act[:, None], new_state, self._state)
+            reward = np.where(act, reward, 0.0)
+            terminated &= act
+            dist = np.where(act, dist, 0.0)
+        self._state = new_state
+        self._t += act
+        truncated = act & (self._t >= self.max_episode_steps)
+        obs = nav_obs(new_state, goal, self._proto.oracle)
+        if not all_active:
+            obs = np.where(act[:, None], obs, self._obs)
+        check_finite(self.env_id, self._proto._task, obs, reward)
+        self._obs = obs
+        info = {"distance": dist, "reward_goal": reward.copy()}
+        return obs.copy(), reward, terminated, truncated, info
+
+    def close(self) -> None:
+        pass
