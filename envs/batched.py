@@ -105,7 +105,9 @@ class SerialBatchedEnv:
         self.envs = [e if spec.additional_wrappers else e.unwrapped for e in envs]
         e0 = self.envs[0]
         if not isinstance(e0.observation_space, gymnasium.spaces.Box):
-            raise ValueError(f"{env_id}: SerialBatchedEnv needs a Box observation space, got {e0.observation_space}")
+            raise ValueError(
+                f"{env_id}: SerialBatchedEnv needs a Box observation space, got {e0.observation_space}"
+            )
         self.single_observation_space = gymnasium.spaces.flatten_space(e0.observation_space)
         self.single_action_space = e0.action_space
         self._obs_dim = int(self.single_observation_space.shape[0])
