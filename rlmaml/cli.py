@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlmaml.config import Config, ConfigError, build_config, field_help, preset_names
-from rlmaml.runs import RunDir, RunError
+from rlmaml.runs import RunDir, RunError, TrainingStopped
 
 EXIT_USAGE = 2
 
@@ -163,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RunError) as exc:
         print(f"rlmaml: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingStopped as exc:
+        print(f"rlmaml: stopped: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rlmaml: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
         return 130

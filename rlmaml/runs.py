@@ -40,6 +40,10 @@ class RunError(ValueError):
     """A run directory or checkpoint problem the user can act on; the message is one line."""
 
 
+class TrainingStopped(RuntimeError):
+    """A run stopped on purpose (e.g. too many consecutive skipped updates); the message says why."""
+
+
 class CheckpointError(RunError):
     """A checkpoint that is missing, truncated, corrupted or not an rlmaml checkpoint."""
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from rlmaml.meta import LossFn, Params
+from rlmaml.seeding import seeded_init  # noqa: F401  (re-exported for domains)
 
 # A batch of tasks: (support, query), each a pytree of tensors with a leading task dimension,
 # e.g. support = (inputs [T, N*K, ...], targets [T, N*K]).
@@ -48,9 +49,3 @@ class SupervisedDomain(Protocol):
         """'vmap' or 'loop': the faster way to batch this domain's tasks on ``device`` (measured)."""
         ...
 
-
-def seeded_init(seed: int, build: Any) -> nn.Module:
-    """Build a module with the global torch RNG forked and seeded, leaving the caller's RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()

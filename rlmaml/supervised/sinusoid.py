@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from rlmaml.config import SinusoidConfig
 from rlmaml.meta import LossFn, Params, model_loss
-from rlmaml.supervised.domain import TaskBatch, seeded_init
+from rlmaml.seeding import seeded_init
+from rlmaml.supervised.domain import TaskBatch
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:

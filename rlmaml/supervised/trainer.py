@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -26,17 +25,9 @@ from rlmaml.meta import (
     meta_objective,
     multi_step_weights,
 )
-from rlmaml.runs import Progress, RunDir
+from rlmaml.runs import Progress, RunDir, TrainingStopped
+from rlmaml.seeding import iteration_rng
 from rlmaml.supervised.domain import SupervisedDomain
-
-
-class TrainingStopped(RuntimeError):
-    """Training stopped on purpose (too many consecutive non-finite updates); the message says why."""
-
-
-def iteration_rng(seed: int, iteration: int, stream: int = 0) -> np.random.Generator:
-    """The task generator of one iteration, derived from (seed, iteration): resume replays it exactly."""
-    return np.random.default_rng([seed, iteration, stream])
 
 
 def tree_to(tree: Any, device: torch.device) -> Any:
