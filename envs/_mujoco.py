@@ -78,7 +78,6 @@ class MujocoTaskMixin(TaskEnvMixin):
     x_dims: int = 1
     needs_cfrc: bool = False
     ctrl_cost_weight: float = 0.0
-    metadata_render_modes = ["human", "rgb_array", "depth_array", "rgbd_tuple"]
 
     def _setup_task_env(self, task: dict | None, oracle: bool) -> None:
         self._init_task(task, oracle)
@@ -151,9 +150,6 @@ class MujocoTaskMixin(TaskEnvMixin):
         self._warn0 = _warning_count(self.data)
         self._last_obs = obs
         return obs, info
-
-    def set_task(self, task: dict) -> None:
-        super().set_task(task)
 
     def _zero_info(self) -> dict:
         return {k: 0.0 for k in self._info_keys} | {"unstable": True}

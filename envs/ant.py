@@ -31,18 +31,20 @@ Differences from the original rllab / pytorch-maml-rl / ProMP ant envs and why:
   by a memoryless policy.  Oracle variants append ``v_goal`` / ``d`` / ``g``.
 * Contact cost: as in rllab, over all of ``cfrc_ext`` (which v5 also does; v5's weight
   ``5e-4`` equals ``0.5 * 1e-3``).  ``cfrc_ext`` is computed after every step with
-  ``mj_rnePostConstraint``, exactly as v5 does: with MuJoCo >= 2 it is not filled by
-  ``mj_step``; mujoco-py 1.50 (the original) filled it during the step, so contact costs are
-  not bit-identical to the original.
+  ``mj_rnePostConstraint``, exactly as v5 does: since MuJoCo 2.0 ``mj_step`` no longer
+  fills it (MuJoCo 1.x, under the original code, did).
 * Control cost: rllab's ``0.005 ||a||^2`` instead of v5's ``0.5 ||a||^2``; alive bonus 1.0
   only for AntVel (as in rllab, where it is part of the forward reward) instead of v5's
   healthy reward, plus rllab's 0.05 survive reward.
-* Position / velocity: from ``qpos[0:2]`` (the free joint = torso position) before and after
-  the step.  The original used ``get_body_com("torso")`` and v5 uses the torso ``xpos``,
-  which after ``mj_step`` lags one substep behind ``qpos``.
-* Termination: torso height outside [0.2, 1.0] (as in rllab and v5), for all three tasks
-  (the original goal ant had the same check).  Non-finite state is reported as an
-  instability (below) rather than as "unhealthy".
+* Position / velocity: finite differences of ``qpos[0:2]`` (the free joint = torso position)
+  over the step.  rllab read the torso's instantaneous velocity (``get_body_comvel``);
+  pytorch-maml-rl used finite differences of ``get_body_com("torso")`` and v5 uses the torso
+  ``xpos``, which after ``mj_step`` lags one substep behind ``qpos``.  The finite difference
+  is the average velocity over the step and is exact to recompute from logged states.
+* Termination: torso height outside [0.2, 1.0] (as in rllab and v5), for all three tasks.
+  Public goal-ant variants differ here (some, e.g. ProMP's / VariBAD's, never terminate);
+  one rule for the whole family keeps the three tasks comparable.  Non-finite state is
+  reported as an instability (below) rather than as "unhealthy".
 * Physics: MuJoCo 3/4 instead of MuJoCo 1.5; trajectories are not bit-identical.
 * Actions: ``[-1, 1]^8`` mapped affinely to the actuator ``ctrlrange`` (the identity here)
   after clipping; NaN/inf actions raise ``ValueError``.

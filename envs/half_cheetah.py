@@ -14,9 +14,10 @@ and why:
 * Observation: v5's 17-d layout ``[qpos[1:], qvel]``.  The original appended the torso's
   centre of mass (3-d, 20-d total), which contains the absolute x position: a non-stationary
   input that no velocity task needs.  The oracle variant appends ``v_goal`` / ``d`` (18-d).
-* ``v_x`` uses ``qpos[0]`` (the root slide joint = torso x) before and after the step.  The
-  original used ``get_body_com("torso")``; with MuJoCo >= 2 body positions after ``mj_step``
-  lag one substep behind ``qpos``, so ``qpos`` is the exact torso displacement.
+* ``v_x`` is the finite difference of ``qpos[0]`` (the root slide joint = torso x) over the
+  step.  rllab read the torso's instantaneous velocity (``get_body_comvel``); pytorch-maml-rl
+  used finite differences of ``get_body_com("torso")``, but with MuJoCo >= 2 body positions
+  after ``mj_step`` lag one substep behind ``qpos``, so ``qpos`` gives the exact displacement.
 * Physics: MuJoCo 3/4 instead of mujoco-py 1.50 / MuJoCo 1.5; same model, but trajectories are
   not bit-identical to the original.  ``mj_rnePostConstraint`` (which v5 calls after every step)
   is skipped: it only fills ``cacc`` / ``cfrc_*``, which this env does not use, and does not

@@ -325,6 +325,13 @@ def test_batched_matches_single_envs(f):
     _compare(env_id, b, TASKS[f], 6, 21, lambda t, k: np.arange(k) != t % k)
 
 
+def test_batched_threads_match_single_envs():
+    task = TASKS["AntDir"]
+    b = envs.make_batched("rlmaml/AntDir-v0", 4, task=task, num_threads=2, max_episode_steps=4)
+    _compare("rlmaml/AntDir-v0", b, task, 4, 1, lambda t, k: np.arange(k) != t)
+    b.close()
+
+
 def test_batched_oracle_and_instability_match_single_envs(in_tmp):
     env_id = "rlmaml/AntGoalOracle-v0"
     b = envs.make_batched(env_id, 3, task=TASKS["AntGoal"], max_episode_steps=5)

@@ -9,6 +9,8 @@ import pickle
 import gymnasium as gym
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import envs
 from envs.tasks import DirectionDistribution, GoalPositionDistribution, GoalVelocityDistribution
@@ -58,6 +60,18 @@ def test_direction_sample_and_validate():
     assert set(dirs) == {1.0, -1.0}
     assert 60 < sum(x > 0 for x in dirs) < 140
     assert d.validate({"direction": -1}) == {"direction": -1.0}
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 20), family=st.sampled_from(ALL_FAMILIES))
+def test_sampled_tasks_always_validate(seed, n, family):
+    dist = envs.task_distribution(f"rlmaml/{family}-v0")
+    tasks = dist.sample(n, np.random.default_rng(seed))
+    assert len(tasks) == n
+    for task in tasks:
+        out = dist.validate(task)
+        assert out.keys() == task.keys()
+        assert pickle.loads(pickle.dumps(task)).keys() == task.keys()
 
 
 @pytest.mark.parametrize(
