@@ -331,7 +331,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     """The config as plain data (lists, not tuples), for YAML and checkpoints."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+    data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    return yaml.safe_load(yaml.safe_dump(data, sort_keys=False))  # tuples become lists
 
 
 def to_yaml(cfg: Config) -> str:
