@@ -245,7 +245,8 @@ class RunDir:
         A bad newest checkpoint is reported through ``warn`` (default: stderr) and the previous one is used.
         Raises :class:`CheckpointError` when no good checkpoint exists.
         """
-        warn = warn or (lambda msg: print(f"rlmaml: warning: {msg}", file=sys.stderr))
+        if warn is None:  # not `warn or ...`: a falsy callable (e.g. a list subclass) is still the caller's
+            warn = lambda msg: print(f"rlmaml: warning: {msg}", file=sys.stderr)
         if which == "best" and (self.checkpoint_dir / "best.json").is_file():
             candidates = [self.checkpoint_dir / "best.json", *reversed(self._numbered())]
         else:
