@@ -16,21 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.distributions import Distribution
 
 from rlmaml.config import Config
-from rlmaml.meta import Params, adapt, all_finite
+from rlmaml.meta import Params, all_finite
 from rlmaml.rl.episodes import Episodes
-from rlmaml.rl.objectives import (
-    detached_distribution,
-    inner_loss,
-    log_probs,
-    mean_kl,
-    ppo_clip_loss,
-    surrogate_loss,
-    with_advantages,
-)
+from rlmaml.rl.maml_objective import MamlRlObjective, MetaBatch
+from rlmaml.rl.objectives import inner_loss, with_advantages
 from rlmaml.rl.policies import make_policy, params_to_numpy
 from rlmaml.rl.trpo import TrpoConfig, trpo_step
 from rlmaml.seeding import seeded_init
@@ -106,14 +97,6 @@ class MetaLearner:
         self.tasks[index] = TaskData(index, batches)
         self.prepare_time_s += time.perf_counter() - start
 
-    def adapted(self, params: Params, task: TaskData, first_order: bool | None = None) -> Params:
-        """φ of one task from ``params``: the inner steps on its pre-update batches, with the graph."""
-        fo = self.cfg.maml.first_order if first_order is None else first_order
-        lr = self.cfg.maml.inner_lr
-        for batch in task.train:
-            params = adapt(self.inner_loss, params, batch, steps=1, lr=lr, first_order=fo)
-        return params
-
     # ---- the outer step -----------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
         """One outer update on the tasks added since the last step; returns its metrics."""
@@ -131,37 +114,23 @@ class MetaLearner:
             self.version += 1
         return metrics
 
-    def _old(self, tasks: list[TaskData]) -> list[tuple[Distribution, Tensor]]:
-        """The old post-update policy of each task, detached: π_φ(θ) and its log-probs on D_val."""
-        out = []
-        with torch.no_grad():
-            for task in tasks:
-                phi = self.adapted(self.params, task, first_order=True)
-                out.append((detached_distribution(self.policy, phi, task.val),
-                            log_probs(self.policy, phi, task.val).detach()))
-        return out
+    def _objective(self, tasks: list[TaskData]) -> MamlRlObjective:
+        batch = MetaBatch.from_tasks([t.batches for t in tasks])
+        return MamlRlObjective(self.policy, self.inner_loss, self.cfg.maml.inner_lr, self.cfg.maml.first_order, batch)
 
     def _trpo(self, tasks: list[TaskData]) -> dict[str, Any]:
-        old = self._old(tasks)
+        obj = self._objective(tasks)
+        phis_old, old_logp, gradient, hvp = obj.trpo_terms(self.params, self.trpo.cg_damping)
         cache: dict[str, Any] = {"key": None, "phis": None}
 
-        def phis(params: Params) -> list[Params]:
-            # The line search evaluates surrogate and KL at the same candidate under no_grad: adapt once.
-            if torch.is_grad_enabled():
-                return [self.adapted(params, t) for t in tasks]
+        def adapted(params: Params) -> Params:
+            # The line search evaluates surrogate and KL at the same candidate: adapt once per candidate.
             if cache["key"] is not params:
-                cache["key"], cache["phis"] = params, [self.adapted(params, t) for t in tasks]
+                cache["key"], cache["phis"] = params, obj.adapted(params)
             return cache["phis"]
 
-        def surrogate(params: Params) -> Tensor:
-            return torch.stack([surrogate_loss(self.policy, phi, t.val, o[1])
-                                for phi, t, o in zip(phis(params), tasks, old, strict=True)]).mean()
-
-        def kl(params: Params) -> Tensor:
-            return torch.stack([mean_kl(self.policy, o[0], phi, t.val)
-                                for phi, t, o in zip(phis(params), tasks, old, strict=True)]).mean()
-
-        result = trpo_step(self.params, surrogate, kl, self.trpo)
+        result = trpo_step(self.params, lambda p: obj.surrogate_at(adapted(p), old_logp),
+                           lambda p: obj.kl_at(adapted(p), phis_old), self.trpo, gradient=gradient, hvp=hvp)
         if result.accepted and result.new_params is not None:
             with torch.no_grad():
                 for k, v in result.new_params.items():
@@ -173,17 +142,18 @@ class MetaLearner:
     def _ppo(self, tasks: list[TaskData]) -> dict[str, Any]:
         """ProMP-style outer step: Adam on the clipped surrogate for ``ppo_epochs`` epochs."""
         assert self.optimizer is not None
-        old = self._old(tasks)
+        obj = self._objective(tasks)
+        with torch.no_grad():
+            phis_old = obj.adapted(self.params)
+        old_logp = obj.old_log_probs(phis_old)
         backup = {k: v.detach().clone() for k, v in self.params.items()}
         losses: list[float] = []
         reason = "ok"
         for _ in range(self.cfg.rl.ppo_epochs):
-            loss = torch.stack([ppo_clip_loss(self.policy, self.adapted(self.params, t), t.val, o[1],
-                                              self.cfg.rl.ppo_clip) for t, o in zip(tasks, old, strict=True)]).mean()
+            loss = obj.ppo_at(obj.adapted(self.params), old_logp, self.cfg.rl.ppo_clip)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grads = [p.grad for p in self.params.values()]
-            if not math.isfinite(float(loss)) or not all_finite(grads):
+            if not math.isfinite(float(loss)) or not all_finite([p.grad for p in self.params.values()]):
                 reason = "non-finite loss or gradient"
                 break
             self.optimizer.step()
@@ -194,8 +164,7 @@ class MetaLearner:
                 for k, v in backup.items():
                     self.params[k].copy_(v)
         with torch.no_grad():
-            kl = torch.stack([mean_kl(self.policy, o[0], self.adapted(self.params, t, True), t.val)
-                              for t, o in zip(tasks, old, strict=True)]).mean()
+            kl = obj.kl(self.params, phis_old)
         return {"accepted": accepted, "reason": reason, "surrogate_before": losses[0] if losses else math.nan,
                 "surrogate_after": losses[-1] if losses else math.nan, "kl": float(kl), "grad_norm": math.nan,
                 "ls_steps": 0}

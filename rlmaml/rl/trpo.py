@@ -105,6 +105,9 @@ def trpo_step(
     surrogate_fn: Callable[[Params], Tensor],
     kl_fn: Callable[[Params], Tensor],
     cfg: TrpoConfig | None = None,
+    *,
+    gradient: Tensor | None = None,
+    hvp: Callable[[Tensor], Tensor] | None = None,
 ) -> TrpoResult:
     """One TRPO update minimising ``surrogate_fn`` subject to ``kl_fn ≤ cfg.max_kl``.
 
@@ -112,6 +115,9 @@ def trpo_step(
     solves ``H x = -g`` (H the KL Hessian at ``params``) by conjugate gradient, is scaled to the trust
     region boundary, and is backtracked by ``ls_ratio`` until the surrogate decreases with the KL within
     bounds. Non-finite quantities at any stage skip the update; returned params are always finite.
+
+    A caller that can compute them faster may pass the flat surrogate ``gradient`` at ``params`` and an
+    ``hvp`` (``v -> H v + damping v``); otherwise both come from double backprop through the two functions.
     """
     cfg = TrpoConfig() if cfg is None else cfg
     names = list(params)
@@ -123,18 +129,26 @@ def trpo_step(
     def skipped(reason: str, before: float, gnorm: float, after: float = nan, kl: float = nan, ls: int = 0):
         return TrpoResult(None, False, reason, before, after, kl, gnorm, ls)
 
-    loss = surrogate_fn(params)
-    before = float(loss.detach())
-    if not math.isfinite(before):
-        return skipped("non-finite surrogate", before, nan)
-    g = _flat_grad(loss, leaves).detach()
+    if gradient is None:
+        loss = surrogate_fn(params)
+        before = float(loss.detach())
+        if not math.isfinite(before):
+            return skipped("non-finite surrogate", before, nan)
+        g = _flat_grad(loss, leaves).detach()
+    else:
+        with torch.no_grad():
+            before = float(surrogate_fn(params))
+        if not math.isfinite(before):
+            return skipped("non-finite surrogate", before, nan)
+        g = gradient.detach()
     gnorm = float(g.norm())
     if not math.isfinite(gnorm):
         return skipped("non-finite gradient", before, gnorm)
     if gnorm == 0.0:
         return skipped("zero gradient", before, gnorm)
 
-    hvp = hessian_vector_product(lambda: kl_fn(params), leaves, cfg.cg_damping)
+    if hvp is None:
+        hvp = hessian_vector_product(lambda: kl_fn(params), leaves, cfg.cg_damping)
     x = conjugate_gradient(hvp, -g, cfg.cg_iters)
     xhx = float(x.dot(hvp(x))) if all_finite(x) else nan
     del hvp  # frees the KL graph before the line search
