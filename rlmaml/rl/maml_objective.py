@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import kl_divergence
+from torch.distributions import Categorical, Distribution, kl_divergence
 from torch.func import grad, jvp, vmap
 
 from rlmaml.meta import LossFn, Params, adapt
@@ -40,6 +40,13 @@ def stack_episodes(batches: Sequence[Episodes]) -> Stacked:
 def episodes_of(d: Stacked) -> Episodes:
     """One task's ``Episodes`` from a (per-task slice of a) stacked dict."""
     return Episodes(d["observations"], d["actions"], d["rewards"], d["mask"], advantages=d["advantages"])
+
+
+def policy_kl(old: Distribution, new: Distribution) -> Tensor:
+    """KL(old || new) per sample; a vmap-safe form for Categorical (torch's masks out zero probabilities)."""
+    if isinstance(old, Categorical) and isinstance(new, Categorical):
+        return (old.probs * (old.logits - new.logits)).sum(-1)
+    return kl_divergence(old, new)
 
 
 @dataclass
@@ -85,7 +92,7 @@ class MamlRlObjective:
     def _kl_one(self, phi: Params, phi_old: Params, val: Stacked) -> Tensor:
         old = policy_distribution(self.policy, phi_old, val["observations"])
         new = policy_distribution(self.policy, phi, val["observations"])
-        kl = kl_divergence(old, new)
+        kl = policy_kl(old, new)
         return masked_mean(torch.where(val["mask"] > 0, kl, torch.zeros_like(kl)), val["mask"])
 
     # ---- over the meta-batch -------------------------------------------------------------------------
