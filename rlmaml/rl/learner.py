@@ -106,7 +106,7 @@ class MetaLearner:
         start = time.perf_counter()
         metrics = self._trpo(tasks) if self.cfg.rl.outer == "trpo" else self._ppo(tasks)
         metrics["learner_time_s"] = time.perf_counter() - start + self.prepare_time_s
-        metrics["return_pre"] = float(np.mean([t.train[0].total_return().mean().item() for t in tasks]))
+        metrics["return_pre"] = float(np.mean([t.batches[0].total_return().mean().item() for t in tasks]))
         metrics["return_post"] = float(np.mean([t.val.total_return().mean().item() for t in tasks]))
         self.tasks = {}
         self.prepare_time_s = 0.0

@@ -97,7 +97,10 @@ class MamlRlObjective:
 
     # ---- over the meta-batch -------------------------------------------------------------------------
     def adapted(self, params: Params) -> Params:
-        """Stacked φ_i(θ) of every task (leading task dimension)."""
+        """Stacked φ_i(θ) of every task (leading task dimension); θ itself repeated when there is no inner step."""
+        if not self.batch.train:
+            n = self.batch.num_tasks
+            return {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
         return vmap(self._adapt_one, in_dims=(None, 0))(params, self.batch.train)
 
     def old_log_probs(self, phis: Params) -> Tensor:
@@ -143,7 +146,7 @@ class MamlRlObjective:
         names = list(params)
         theta = {k: v.detach() for k, v in params.items()}
         theta_b = {k: v.unsqueeze(0).expand(n, *v.shape).clone().requires_grad_(True) for k, v in theta.items()}
-        phis_b = vmap(self._adapt_one, in_dims=(0, 0))(theta_b, self.batch.train)
+        phis_b = vmap(self._adapt_one, in_dims=(0, 0))(theta_b, self.batch.train) if self.batch.train else theta_b
         phis = {k: v.detach() for k, v in phis_b.items()}
         old_logp = self.old_log_probs(phis)
 

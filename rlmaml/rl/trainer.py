@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from rlmaml.config import Config, ConfigError, to_dict
-from rlmaml.devices import resolve_device
 from rlmaml.rl.learner import MetaLearner
+from rlmaml.rl.learner_placement import make_learner
 from rlmaml.rl.samplers import LocalSampler, Sampler
 from rlmaml.rl.worker import TaskRequest, WorkerSpec, import_env_module
 from rlmaml.runs import Progress, RunDir, TrainingStopped
@@ -62,7 +62,7 @@ def make_sampler(cfg: Config, spec: WorkerSpec) -> Sampler:
 def task_requests(cfg: Config, distribution: Any, iteration: int) -> list[TaskRequest]:
     """The iteration's meta-batch of tasks, drawn from (run seed, iteration)."""
     tasks = distribution.sample(cfg.optim.meta_batch, iteration_rng(cfg.run.seed, iteration))
-    lrs = (cfg.maml.inner_lr,) * max(cfg.maml.inner_steps, 1)
+    lrs = (cfg.maml.inner_lr,) * cfg.maml.inner_steps  # 0 steps: the "pretrained" baseline, φ = θ
     return [TaskRequest(iteration, i, task, lrs) for i, task in enumerate(tasks)]
 
 
@@ -78,10 +78,7 @@ def train_rl(cfg: Config, run: RunDir, checkpoint: dict[str, Any] | None = None,
     check_rl_config(cfg)
     distribution = make_task_distribution(cfg)
     sampler = sampler or make_sampler(cfg, WorkerSpec.from_config(cfg))
-    device = resolve_device(cfg.run.device)
-    if device.type == "cpu":
-        print("rlmaml: learner on the CPU (no CUDA device)", file=sys.stderr, flush=True)
-    learner = MetaLearner(cfg, *sampler.spaces(), device)
+    learner = make_learner(cfg, *sampler.spaces())  # GPU (driver or actor) when there is one; says where
     start, best = 0, float("-inf")
     if checkpoint is not None:
         learner.load_state_dict(checkpoint["learner"])
