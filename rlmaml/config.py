@@ -175,6 +175,8 @@ class RLConfig:
     """Conjugate-gradient iterations."""
     cg_damping: float = 1e-5
     """Damping added to the KL Hessian."""
+    cg_task_fraction: float = 1.0
+    """Fraction of the meta-batch's tasks whose exact KL curvature CG uses (1.0: all, as the paper)."""
     ls_steps: int = 15
     """Backtracking line-search steps."""
     ls_ratio: float = 0.8
@@ -404,6 +406,7 @@ def validate(cfg: Config) -> None:
     _require(0 < r.gamma <= 1, f"rl.gamma must be in (0, 1], got {r.gamma}")
     _require(0 <= r.gae_lambda <= 1, f"rl.gae_lambda must be in [0, 1], got {r.gae_lambda}")
     _require(0 < r.ls_ratio < 1, f"rl.ls_ratio must be in (0, 1), got {r.ls_ratio}")
+    _require(0 < r.cg_task_fraction <= 1, f"rl.cg_task_fraction must be in (0, 1], got {r.cg_task_fraction}")
     _require(r.num_workers >= 0, f"rl.num_workers must be >= 0, got {r.num_workers}")
     for width in r.hidden:
         _positive(width, "rl.hidden")

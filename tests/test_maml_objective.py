@@ -69,3 +69,16 @@ def test_lvc_inner_loss_changes_the_meta_gradient_but_not_the_old_policy() -> No
     for k in phis_r:
         torch.testing.assert_close(phis_r[k], phis_l[k])
     assert not torch.allclose(grad_r, grad_l)
+
+
+def test_curvature_on_a_task_subset_equals_the_exact_curvature_of_those_tasks() -> None:
+    torch.manual_seed(3)
+    policy = GaussianMLPPolicy(3, 2, (8,)).double()
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in policy.named_parameters()}
+    obj = make_objective(policy, 1, False, False)
+    _, _, gradient_full, _ = obj.trpo_terms(params, 0.0)
+    _, _, gradient, hvp = obj.trpo_terms(params, 0.0, curvature_tasks=2)
+    _, _, _, hvp_head = obj.head(2).trpo_terms(params, 0.0)
+    v = torch.randn(gradient.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(gradient, gradient_full)
+    torch.testing.assert_close(hvp(v), hvp_head(v))

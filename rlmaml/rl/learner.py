@@ -120,7 +120,8 @@ class MetaLearner:
 
     def _trpo(self, tasks: list[TaskData]) -> dict[str, Any]:
         obj = self._objective(tasks)
-        phis_old, old_logp, gradient, hvp = obj.trpo_terms(self.params, self.trpo.cg_damping)
+        curvature_tasks = max(1, round(self.cfg.rl.cg_task_fraction * len(tasks)))
+        phis_old, old_logp, gradient, hvp = obj.trpo_terms(self.params, self.trpo.cg_damping, curvature_tasks)
         cache: dict[str, Any] = {"key": None, "phis": None}
 
         def adapted(params: Params) -> Params:

@@ -135,29 +135,36 @@ class MamlRlObjective:
         """Mean over tasks of KL(π_φi(θ) || π_φi(params)) on D_val."""
         return self.kl_at(self.adapted(params), phis_old)
 
-    def trpo_terms(self, params: Params, damping: float) -> tuple[Params, Tensor, Tensor, Callable[[Tensor], Tensor]]:
-        """At θ = ``params``: (φ_old, old log-probs, flat surrogate meta-gradient, exact ``v -> H v + damping v``).
+    def head(self, m: int) -> MamlRlObjective:
+        """The same objective on the first ``m`` tasks (tasks are i.i.d., so a prefix is a random subset)."""
+        batch = MetaBatch([{k: v[:m] for k, v in d.items()} for d in self.batch.train],
+                          {k: v[:m] for k, v in self.batch.val.items()})
+        return MamlRlObjective(self.policy, self.inner_loss, self.lr, self.first_order, batch)
+
+    def _linearize(self, params: Params) -> tuple[Params, Params, Callable[[Params], Params]]:
+        """θ, stacked φ_i(θ) (detached), and ``w -> J_iᵀ w_i`` for every task at once.
 
         θ is copied once per task (``θ_b``), so one reverse pass through the vmapped adaptation gives every
-        task's own ``J_iᵀ w_i``. With one inner step ``J_i = I − α∇²L_i`` is symmetric and the same pass
-        gives ``J_i v``; with several steps ``J_i v`` comes from forward mode (``torch.func.jvp``).
+        task's own ``J_iᵀ w_i`` rather than their sum.
         """
         n = self.batch.num_tasks
         names = list(params)
         theta = {k: v.detach() for k, v in params.items()}
         theta_b = {k: v.unsqueeze(0).expand(n, *v.shape).clone().requires_grad_(True) for k, v in theta.items()}
         phis_b = vmap(self._adapt_one, in_dims=(0, 0))(theta_b, self.batch.train) if self.batch.train else theta_b
-        phis = {k: v.detach() for k, v in phis_b.items()}
-        old_logp = self.old_log_probs(phis)
 
-        def pullback(w: Params) -> Params:  # per task J_iᵀ w_i
+        def pullback(w: Params) -> Params:
             out = torch.autograd.grad([phis_b[k] for k in names], [theta_b[k] for k in names],
                                       [w[k] for k in names], retain_graph=True, allow_unused=True)
             return {k: (w[k] if g is None else g) for k, g in zip(names, out, strict=True)}
 
-        g_phi = vmap(grad(self._surrogate_one))(phis, self.batch.val, old_logp)
-        gradient = flat_params({k: v.sum(0) for k, v in pullback(g_phi).items()}) / n
+        return theta, {k: v.detach() for k, v in phis_b.items()}, pullback
 
+    def _hvp(self, theta: Params, phis: Params, pullback: Callable[[Params], Params],
+             damping: float) -> Callable[[Tensor], Tensor]:
+        """Exact ``v -> mean_i J_iᵀ F_i J_i v + damping v`` at θ (see the module docstring)."""
+        n = self.batch.num_tasks
+        names = list(theta)
         phi_leaf = {k: v.clone().requires_grad_(True) for k, v in phis.items()}
         kl_grad = vmap(lambda p, p_old, val: grad(lambda q: self._kl_one(q, p_old, val))(p))(
             phi_leaf, phis, self.batch.val)
@@ -169,7 +176,7 @@ class MamlRlObjective:
 
         one_step = len(self.batch.train) == 1
 
-        def forward(v: Params) -> Params:  # per task J_i v
+        def forward(v: Params) -> Params:  # per task J_i v: J_i is symmetric for one inner step
             if one_step:
                 return pullback({k: x.unsqueeze(0).expand(n, *x.shape) for k, x in v.items()})
             return jvp(self.adapted, (theta,), (v,))[1]
@@ -179,4 +186,24 @@ class MamlRlObjective:
             hv = pullback(fisher(forward(set_flat_params(theta, v_flat))))
             return flat_params({k: x.sum(0) for k, x in hv.items()}) / n + damping * v_flat
 
-        return phis, old_logp, gradient, hvp
+        return hvp
+
+    def trpo_terms(self, params: Params, damping: float, curvature_tasks: int | None = None
+                   ) -> tuple[Params, Tensor, Tensor, Callable[[Tensor], Tensor]]:
+        """At θ = ``params``: (φ_old, old log-probs, flat surrogate meta-gradient, ``v -> H v + damping v``).
+
+        The gradient is the exact second-order meta-gradient over every task. The curvature is exact over
+        the first ``curvature_tasks`` tasks (default: all, the paper's setting); fewer trade exactness of the
+        CG direction for speed, while the line search still checks the KL over every task.
+        """
+        n = self.batch.num_tasks
+        theta, phis, pullback = self._linearize(params)
+        old_logp = self.old_log_probs(phis)
+        g_phi = vmap(grad(self._surrogate_one))(phis, self.batch.val, old_logp)
+        gradient = flat_params({k: v.sum(0) for k, v in pullback(g_phi).items()}) / n
+        m = n if curvature_tasks is None else max(1, min(n, curvature_tasks))
+        if m == n:
+            return phis, old_logp, gradient, self._hvp(theta, phis, pullback, damping)
+        sub = self.head(m)
+        _, sub_phis, sub_pullback = sub._linearize(params)
+        return phis, old_logp, gradient, sub._hvp(theta, sub_phis, sub_pullback, damping)
