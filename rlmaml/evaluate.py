@@ -43,6 +43,10 @@ def evaluate_run(run: RunDir, overrides: list[str], checkpoint: str = "best", vi
     from rlmaml.plots import plot_eval
 
     plot_eval(result, run.path / "eval.png")
+    if cfg.experiment == "sinusoid":
+        from rlmaml.plots import plot_sinusoid_fits
+
+        plot_sinusoid_fits(cfg, state, run.path / "sinusoid_fits.png")
     if compare:
         from rlmaml.plots import plot_compare
 
