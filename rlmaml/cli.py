@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlmaml.config import Config, ConfigError, build_config, field_help, preset_names
+from rlmaml.devices import resolve_device
 from rlmaml.runs import RunDir, RunError, TrainingStopped
 
 EXIT_USAGE = 2
@@ -103,6 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from rlmaml.rl.trainer import check_rl_config
 
         check_rl_config(cfg)
+    resolve_device(cfg.run.device)  # run.device=cuda without a GPU is a usage error before the run dir exists
     run = run or RunDir.create(cfg, args.runs_dir)
     print(f"rlmaml: run directory {run.path}", file=sys.stderr, flush=True)
     if cfg.experiment == "rl":
