@@ -223,6 +223,8 @@ class EvalConfig:
     """RL: trajectories per step (0 uses rl.trajectories)."""
     step_decay: float = 0.5
     """RL: step size alpha for the first step, alpha * step_decay after (the paper's alpha/2)."""
+    init: str = "checkpoint"
+    """RL: evaluate the checkpoint's θ, or 'random' for the untrained initialisation (the paper's baseline)."""
 
 
 @dataclass(frozen=True)
@@ -423,6 +425,7 @@ def validate(cfg: Config) -> None:
     _require(e.rl_steps >= 0, f"eval.rl_steps must be >= 0, got {e.rl_steps}")
     _require(e.trajectories >= 0, f"eval.trajectories must be >= 0, got {e.trajectories}")
     _positive(e.step_decay, "eval.step_decay")
+    _choice(e.init, "eval.init", ("checkpoint", "random"))
 
 
 def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:

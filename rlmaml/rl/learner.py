@@ -4,11 +4,14 @@ Per task it recomputes φ from the pre-update episodes *with* the graph (second 
 is asked for) and builds the outer surrogate on the post-update episodes. The TRPO step is the paper's:
 conjugate gradient on exact Hessian-vector products of the mean KL between the old and new post-update
 policies, a step scaled to ``max_kl``, and a backtracking line search on surrogate and KL. Any non-finite
-number skips the update and keeps θ.
+number skips the update and keeps θ: a worker result marked invalid (a non-finite observation, reward, policy
+output or inner gradient on the worker), a non-finite episode batch or adapted φ here (the reason names the
+task and iteration), or a non-finite surrogate, gradient or CG result (:func:`rlmaml.rl.trpo.trpo_step`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -58,6 +61,9 @@ class MetaLearner:
                                ls_steps=r.ls_steps, ls_ratio=r.ls_ratio)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.optim.meta_lr) if r.outer == "ppo" else None
         self.tasks: dict[int, TaskData] = {}
+        self.invalid: dict[int, str] = {}
+        """Task index -> why its result cannot be used this iteration (the update is then skipped)."""
+        self.iteration: Any = None
         self.version = 0
         self.prepare_time_s = 0.0
 
@@ -68,7 +74,7 @@ class MetaLearner:
 
     def state_dict(self) -> dict[str, Any]:
         """θ (and the PPO optimiser) as tensors and plain data."""
-        state: dict[str, Any] = {"params": {k: v.detach().cpu() for k, v in self.params.items()},
+        state: dict[str, Any] = {"params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
                                  "version": self.version}
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
@@ -88,31 +94,53 @@ class MetaLearner:
         start = time.perf_counter()
         r = self.cfg.rl
         index = int(result["task_index"])
+        self.iteration = result.get("iteration")
+        if not result.get("valid", True):
+            self.invalid[index] = str(result.get("reason") or f"task {index} (iteration {self.iteration}) is invalid")
+            return
         batches = [with_advantages(Episodes.from_numpy(b, self.device), r.gamma, r.gae_lambda)
                    for b in result["episodes"]]
         for b in batches:
             if not all_finite([b.observations, b.rewards, b.advantages]):
-                raise FloatingPointError(f"non-finite observation, reward or advantage in task {index} "
-                                         f"(iteration {result.get('iteration')})")
+                self.invalid[index] = (f"non-finite observation, reward or advantage in task {index} "
+                                       f"(iteration {self.iteration})")
+                return
         self.tasks[index] = TaskData(index, batches)
         self.prepare_time_s += time.perf_counter() - start
 
     # ---- the outer step -----------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
         """One outer update on the tasks added since the last step; returns its metrics."""
-        if not self.tasks:
+        if not self.tasks and not self.invalid:
             raise RuntimeError("MetaLearner.step called with no tasks")
         tasks = [self.tasks[i] for i in sorted(self.tasks)]
         start = time.perf_counter()
-        metrics = self._trpo(tasks) if self.cfg.rl.outer == "trpo" else self._ppo(tasks)
+        if self.invalid:  # a task's data cannot be used: no update this iteration, θ kept
+            bad = sorted(self.invalid)
+            reason = "; ".join(self.invalid[i] for i in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+            metrics = _skipped(reason)
+        else:
+            metrics = self._trpo(tasks) if self.cfg.rl.outer == "trpo" else self._ppo(tasks)
+        metrics["tasks_invalid"] = len(self.invalid)
         metrics["learner_time_s"] = time.perf_counter() - start + self.prepare_time_s
-        metrics["return_pre"] = float(np.mean([t.batches[0].total_return().mean().item() for t in tasks]))
-        metrics["return_post"] = float(np.mean([t.val.total_return().mean().item() for t in tasks]))
+        metrics["return_pre"] = _mean([t.batches[0].total_return().mean().item() for t in tasks])
+        metrics["return_post"] = _mean([t.val.total_return().mean().item() for t in tasks])
         self.tasks = {}
+        self.invalid = {}
         self.prepare_time_s = 0.0
         if metrics.get("accepted"):
             self.version += 1
         return metrics
+
+    def _nonfinite_phi(self, phis: Params, tasks: list[TaskData]) -> str | None:
+        """The skip reason if any task's adapted φ (stacked, task-major) is not finite, naming those tasks."""
+        ok = torch.ones(len(tasks), dtype=torch.bool, device=self.device)
+        for v in phis.values():
+            ok &= torch.isfinite(v.detach().reshape(len(tasks), -1)).all(dim=1)
+        if bool(ok.all()):
+            return None
+        bad = [t.task_index for t, good in zip(tasks, ok.tolist(), strict=True) if not good]
+        return f"non-finite inner gradient (adapted φ) in task {', '.join(map(str, bad))} (iteration {self.iteration})"
 
     def _objective(self, tasks: list[TaskData]) -> MamlRlObjective:
         batch = MetaBatch.from_tasks([t.batches for t in tasks])
@@ -122,6 +150,9 @@ class MetaLearner:
         obj = self._objective(tasks)
         curvature_tasks = max(1, round(self.cfg.rl.cg_task_fraction * len(tasks)))
         phis_old, old_logp, gradient, hvp = obj.trpo_terms(self.params, self.trpo.cg_damping, curvature_tasks)
+        bad_phi = self._nonfinite_phi(phis_old, tasks)
+        if bad_phi:
+            return _skipped(bad_phi)
         cache: dict[str, Any] = {"key": None, "phis": None}
 
         def adapted(params: Params) -> Params:
@@ -146,26 +177,42 @@ class MetaLearner:
         obj = self._objective(tasks)
         with torch.no_grad():
             phis_old = obj.adapted(self.params)
+        bad_phi = self._nonfinite_phi(phis_old, tasks)
+        if bad_phi:
+            return _skipped(bad_phi)
         old_logp = obj.old_log_probs(phis_old)
         backup = {k: v.detach().clone() for k, v in self.params.items()}
+        optimizer_backup = copy.deepcopy(self.optimizer.state_dict())  # a skipped update leaves Adam as it was too
         losses: list[float] = []
         reason = "ok"
         for _ in range(self.cfg.rl.ppo_epochs):
             loss = obj.ppo_at(obj.adapted(self.params), old_logp, self.cfg.rl.ppo_clip)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if not math.isfinite(float(loss)) or not all_finite([p.grad for p in self.params.values()]):
+            if not math.isfinite(float(loss.detach())) or not all_finite([p.grad for p in self.params.values()]):
                 reason = "non-finite loss or gradient"
                 break
             self.optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         accepted = reason == "ok" and all_finite(self.params)
         if not accepted:
             with torch.no_grad():
                 for k, v in backup.items():
                     self.params[k].copy_(v)
+            self.optimizer.load_state_dict(optimizer_backup)
         with torch.no_grad():
             kl = obj.kl(self.params, phis_old)
         return {"accepted": accepted, "reason": reason, "surrogate_before": losses[0] if losses else math.nan,
                 "surrogate_after": losses[-1] if losses else math.nan, "kl": float(kl), "grad_norm": math.nan,
                 "ls_steps": 0}
+
+
+def _skipped(reason: str) -> dict[str, Any]:
+    """The metrics of an update skipped before any outer-step number was computed."""
+    return {"accepted": False, "reason": reason, "surrogate_before": math.nan, "surrogate_after": math.nan,
+            "kl": math.nan, "grad_norm": math.nan, "ls_steps": 0}
+
+
+def _mean(values: list[float]) -> float:
+    """Mean of the valid tasks' returns; NaN when no task was valid."""
+    return float(np.mean(values)) if values else math.nan
