@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 from pathlib import Path
 
 from rlmaml.config import Config, ConfigError, build_config, field_help, preset_names
@@ -28,9 +29,16 @@ def _config_epilog() -> str:
     return "\n".join(lines)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line (and exit code 2), like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"rlmaml: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rlmaml",
         description="Model-Agnostic Meta-Learning: meta-RL on Ray (TRPO outer step), sinusoid regression "
                     "and few-shot Omniglot, from one shared meta-update core.",

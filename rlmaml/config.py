@@ -299,14 +299,23 @@ def _friendly(exc: OmegaConfBaseException) -> str:
     return f"bad value for {key!r}: {msg}" if key else msg
 
 
-def build_config(preset: str | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Merge defaults, a preset and dotted overrides into a validated :class:`Config`."""
-    base = OmegaConf.structured(Config)
-    OmegaConf.set_readonly(base, False)
-    layer = preset_dict(preset) if isinstance(preset, str) else preset
+def _field_type(key: str) -> Any:
+    """The declared type of a dotted config key, or None if it is not a leaf field."""
+    cls: Any = Config
+    for part in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return None
+        cls = fields[part].type
+        if isinstance(cls, str):  # postponed annotations
+            cls = eval(cls, globals())  # noqa: S307 - our own annotations only
+    return cls
+
+
+def _nested(items: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    """{'a.b': v} overrides as a nested mapping."""
     dotted: dict[str, Any] = {}
-    for item in overrides:
-        key, value = _split_override(item)
+    for item, key, value in items:
         node = dotted
         *parents, leaf = key.split(".")
         for part in parents:
@@ -314,9 +323,34 @@ def build_config(preset: str | dict[str, Any], overrides: list[str] | tuple[str,
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
             node = child
-        node[leaf] = _parse_value(value)
+        node[leaf] = value
+    return dotted
+
+
+def build_config(preset: str | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Merge defaults, a preset and dotted overrides into a validated :class:`Config`."""
+    base = OmegaConf.structured(Config)
+    OmegaConf.set_readonly(base, False)
+    layer = preset_dict(preset) if isinstance(preset, str) else preset
+    items = []
+    for item in overrides:
+        key, text = _split_override(item)
+        # A str field keeps the text as typed (YAML would turn 'yes' into True and '007' into 7).
+        items.append((item, key, text if _field_type(key) is str else _parse_value(text)))
     try:
-        merged = OmegaConf.merge(base, OmegaConf.create(layer), OmegaConf.create(dotted))
+        merged = OmegaConf.merge(base, OmegaConf.create(layer))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"preset {preset if isinstance(preset, str) else ''}: {_friendly(exc)}") from None
+    for item, key, value in items:  # one at a time, so an error can always name its override
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(_nested([(item, key, value)])))
+        except OmegaConfBaseException as exc:
+            message = _friendly(exc)
+            if getattr(exc, "full_key", None) is None or "$VALUE" in message:
+                message = f"bad value in override {item!r}: {str(exc).splitlines()[0].split(':')[0]}"
+                message = message.replace("'$VALUE' of type '$VALUE_TYPE' ", "")
+            raise ConfigError(message) from None
+    try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(_friendly(exc)) from None

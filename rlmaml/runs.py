@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -34,6 +35,22 @@ import yaml
 from rlmaml.config import Config, ConfigError, build_config, to_yaml
 
 CHECKPOINT_FORMAT = "rlmaml-checkpoint-v1"
+
+
+KILL_ENV = "RLMAML_TEST_KILL_AT"
+"""Test hook: ``stage:iteration`` at which :func:`kill_point` SIGKILLs this process (crash-and-resume tests)."""
+
+
+def kill_point(stage: str, iteration: int) -> None:
+    """TEST HOOK. SIGKILL this process if ``$RLMAML_TEST_KILL_AT`` is ``f"{stage}:{iteration}"``; else a no-op.
+
+    The stages are 'sampling' (after the iteration's first worker result), 'outer_step' (θ updated in memory,
+    nothing of the iteration written) and 'checkpoint_write' (a numbered checkpoint's ``.pt`` in place, its
+    manifest not yet). It lets tests/test_reliability_resume.py land a kill at a chosen moment deterministically.
+    """
+    target = os.environ.get(KILL_ENV)
+    if target and target == f"{stage}:{iteration}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class RunError(ValueError):
@@ -217,8 +234,13 @@ class RunDir:
                     "bytes": len(data), "sha256": sha256_bytes(data), "time": time.time()}
         try:
             atomic_write_bytes(self.checkpoint_dir / f"{stem}.pt", data)
+            if tag is None:
+                kill_point("checkpoint_write", iteration)
             atomic_write_bytes(self.checkpoint_dir / f"{stem}.json", json.dumps(manifest).encode())
         except OSError as exc:
+            if tag is None:  # a .pt without its manifest is never used and never pruned: remove it
+                with contextlib.suppress(OSError):
+                    (self.checkpoint_dir / f"{stem}.pt").unlink()
             raise CheckpointError(f"could not write checkpoint {stem} in {self.checkpoint_dir}: "
                                   f"{exc.strerror or exc}; the previous checkpoint is intact") from None
         if tag is None:

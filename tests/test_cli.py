@@ -192,3 +192,12 @@ def test_train_then_eval_writes_eval_json_csv_and_png(tmp_path: Path, capsys, on
         table = list(csv.DictReader(fh))
     assert len(table) == len(rows) and set(table[0]) >= {"shots", "steps", "metric", "mean", "ci95"}
     assert (run_dir / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["train", "--nope"], ["eval"]])
+def test_argparse_mistakes_are_one_line_with_exit_code_2(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("rlmaml: error:")

@@ -357,8 +357,6 @@ def test_a_full_disk_at_the_manifest_keeps_the_previous_checkpoint_as_latest(run
     assert run.load_checkpoint(warn=warnings)["iteration"] == 1 and warnings == []
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: save_checkpoint leaves ckpt-N.pt behind when the manifest "
-                   "write fails; with no manifest, _prune never deletes it")
 def test_a_failed_save_leaves_the_checkpoint_folder_as_it_was(run, monkeypatch) -> None:
     run.save_checkpoint(_state(1), 1)
     before = sorted(p.name for p in run.checkpoint_dir.iterdir())
