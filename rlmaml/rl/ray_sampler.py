@@ -414,7 +414,10 @@ class RaySampler:
         batch.done[call.pos] = True
         batch.remaining -= 1
         self._stats["results"] += 1
-        return _writable(result)
+        t0 = time.perf_counter()
+        result = _writable(result)
+        self._stats["get_s"] += time.perf_counter() - t0  # part of fetching a result
+        return result
 
     def _send_probes(self, now: float) -> None:
         for slot in self._slots:
