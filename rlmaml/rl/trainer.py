@@ -18,7 +18,7 @@ from rlmaml.rl.learner import MetaLearner
 from rlmaml.rl.learner_placement import make_learner
 from rlmaml.rl.samplers import LocalSampler, Sampler
 from rlmaml.rl.worker import TaskRequest, WorkerSpec, import_env_module
-from rlmaml.runs import Progress, RunDir, TrainingStopped
+from rlmaml.runs import Progress, RunDir, TrainingStopped, kill_point
 from rlmaml.seeding import iteration_rng
 
 
@@ -63,13 +63,17 @@ def task_requests(cfg: Config, distribution: Any, iteration: int) -> list[TaskRe
     """The iteration's meta-batch of tasks, drawn from (run seed, iteration)."""
     tasks = distribution.sample(cfg.optim.meta_batch, iteration_rng(cfg.run.seed, iteration))
     lrs = (cfg.maml.inner_lr,) * cfg.maml.inner_steps  # 0 steps: the "pretrained" baseline, φ = θ
-    return [TaskRequest(iteration, i, task, lrs) for i, task in enumerate(tasks)]
+    # invalid_ok: a non-finite number in one task comes back as an invalid result (update skipped), not a crash
+    return [TaskRequest(iteration, i, task, lrs, invalid_ok=True) for i, task in enumerate(tasks)]
 
 
-def checkpoint_state(cfg: Config, learner: MetaLearner, best: float, next_iteration: int) -> dict[str, Any]:
-    """What a resume needs: θ, optimiser, best return so far, RNG state (seed, next iteration), config."""
+def checkpoint_state(cfg: Config, learner: MetaLearner, best: float, next_iteration: int,
+                     failures: int = 0) -> dict[str, Any]:
+    """What a resume needs: θ, optimiser, best return so far, RNG state (seed, next iteration), the count of
+    consecutive skipped updates, config. All randomness derives from (seed, iteration, task index)."""
     return {"kind": "rl", "learner": learner.state_dict(), "best_return": best,
-            "rng": {"seed": cfg.run.seed, "next_iteration": next_iteration}, "config": to_dict(cfg)}
+            "rng": {"seed": cfg.run.seed, "next_iteration": next_iteration}, "failures": failures,
+            "config": to_dict(cfg)}
 
 
 def train_rl(cfg: Config, run: RunDir, checkpoint: dict[str, Any] | None = None,
@@ -79,15 +83,15 @@ def train_rl(cfg: Config, run: RunDir, checkpoint: dict[str, Any] | None = None,
     distribution = make_task_distribution(cfg)
     sampler = sampler or make_sampler(cfg, WorkerSpec.from_config(cfg))
     learner = make_learner(cfg, *sampler.spaces())  # GPU (driver or actor) when there is one; says where
-    start, best = 0, float("-inf")
+    start, best, failures = 0, float("-inf"), 0
     if checkpoint is not None:
         learner.load_state_dict(checkpoint["learner"])
         start, best = int(checkpoint["iteration"]) + 1, float(checkpoint.get("best_return", best))
+        failures = int(checkpoint.get("failures", 0))
         run.truncate_metrics(start - 1)
     if cfg.run.tensorboard:
         run.enable_tensorboard()
     progress = Progress(cfg.run.iterations, start, cfg.run.log_every, desc=cfg.run.name or "rl")
-    failures = 0
     try:
         for it in range(start, cfg.run.iterations):
             t0 = time.perf_counter()
@@ -96,9 +100,11 @@ def train_rl(cfg: Config, run: RunDir, checkpoint: dict[str, Any] | None = None,
             for result in sampler.sample(learner.weights(), learner.version, requests):
                 learner.add_task(result)
                 env_steps += result["env_steps"]
+                kill_point("sampling", it)  # test hook (no-op unless RLMAML_TEST_KILL_AT is set)
             t_sampled = time.perf_counter()
             theta_sampled = learner.state_dict()  # the θ whose adaptation these returns measure
             metrics = learner.step()
+            kill_point("outer_step", it)  # test hook
             t_end = time.perf_counter()
             record = {"iteration": it, **metrics, "env_steps": env_steps,
                       "env_steps_per_s": env_steps / max(t_sampled - t0, 1e-9),
@@ -112,12 +118,13 @@ def train_rl(cfg: Config, run: RunDir, checkpoint: dict[str, Any] | None = None,
                 raise TrainingStopped(f"{failures} consecutive updates skipped at iteration {it} "
                                       f"({metrics['reason']}); the last good checkpoint is kept in {run.checkpoint_dir}")
             progress.update(it, {"pre": metrics["return_pre"], "post": metrics["return_post"]})
-            if metrics["return_post"] > best:
+            if not metrics.get("tasks_invalid") and metrics["return_post"] > best:  # a partial meta-batch is no best
                 best = metrics["return_post"]
-                best_state = checkpoint_state(cfg, learner, best, it + 1) | {"learner": theta_sampled}
+                best_state = checkpoint_state(cfg, learner, best, it + 1, failures) | {"learner": theta_sampled}
                 run.save_checkpoint(best_state, it, tag="best")
             if (it + 1) % cfg.run.checkpoint_every == 0 or it + 1 == cfg.run.iterations:
-                run.save_checkpoint(checkpoint_state(cfg, learner, best, it + 1), it, cfg.run.keep_checkpoints)
+                run.save_checkpoint(checkpoint_state(cfg, learner, best, it + 1, failures), it,
+                                    cfg.run.keep_checkpoints)
     finally:
         progress.close()
         run.close()

@@ -11,6 +11,12 @@ a batched env of K trajectories and a CPU copy of the policy. For one task it
 
 and returns every episode batch as numpy. Its randomness derives from (run seed, iteration, task index),
 so a retried call returns exactly the same data.
+
+A non-finite number met while sampling (an observation or reward: the envs raise
+``envs.base.NonFiniteStepError``; a policy output; the adapted parameters φ, i.e. the inner gradient) is a
+:class:`NonFiniteSampleError`. A request with ``invalid_ok`` (the trainer's) then gets a result marked
+``valid: False`` with a one-line ``reason`` naming task, iteration and seed, instead of an exception, so one
+bad task costs one skipped update rather than the run.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 
 from rlmaml.config import Config
-from rlmaml.meta import Params, adapt
+from rlmaml.meta import Params, adapt, all_finite
 from rlmaml.rl.episodes import Episodes
 from rlmaml.rl.objectives import inner_loss, with_advantages
 from rlmaml.rl.policies import act, make_policy, params_from_numpy
@@ -70,6 +76,17 @@ class TaskRequest:
     """Trajectories per batch; 0 uses the spec's."""
     stream: int = 0
     """Separates seed streams that share (iteration, task index), e.g. evaluation from training."""
+    invalid_ok: bool = False
+    """On a non-finite number, return a result marked ``valid: False`` (with a ``reason``) instead of raising."""
+
+
+class NonFiniteSampleError(FloatingPointError):
+    """Sampling met a non-finite observation, reward, policy output or adapted parameter (inner gradient)."""
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def task_seeds(seed: int, iteration: int, task_index: int, stream: int = 0) -> tuple[int, int]:
@@ -111,6 +128,8 @@ def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env
     """
     k = env.num_envs
     obs = env.reset(env_seed)
+    if not np.isfinite(obs).all():
+        raise NonFiniteSampleError("reset returned a non-finite observation")
     obs_buf = np.zeros((horizon, k, obs.shape[-1]), dtype=np.float32)
     actions: list[np.ndarray] = []
     rewards = np.zeros((horizon, k), dtype=np.float32)
@@ -118,7 +137,14 @@ def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env
     alive = np.ones(k, dtype=bool)
     steps = horizon
     for t in range(horizon):
-        action = act(policy, params, obs, generator)
+        try:
+            action = act(policy, params, obs, generator)
+        except ValueError as exc:  # torch.distributions' argument check: a NaN mean, std or logits
+            if "invalid values" not in str(exc):
+                raise
+            raise NonFiniteSampleError(f"policy output at step {t} is not finite ({_one_line(exc, 120)})") from None
+        if action.dtype.kind == "f" and not np.isfinite(action[alive]).all():
+            raise NonFiniteSampleError(f"policy output at step {t} is not finite (an action is NaN or inf)")
         obs_buf[t] = obs
         actions.append(action)
         mask[t] = alive
@@ -177,13 +203,23 @@ class RolloutWorker:
             with torch_threads(1):
                 batches = self._sample(weights, request)
         except Exception as exc:
+            if request.invalid_ok and isinstance(exc, FloatingPointError):
+                return self._invalid(request, exc, start)
             raise RuntimeError(
                 f"sampling failed on env {self.spec.env_id} task {request.task_index} {request.task} "
                 f"(iteration {request.iteration}, seed {self.spec.seed}): {type(exc).__name__}: {exc}") from exc
         env_steps = int(sum(b["mask"].sum() for b in batches))
         return {"iteration": request.iteration, "task_index": request.task_index, "task": request.task,
                 "episodes": batches, "env_steps": env_steps, "sample_time_s": time.perf_counter() - start,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "valid": True}
+
+    def _invalid(self, request: TaskRequest, exc: BaseException, start: float) -> dict[str, Any]:
+        """The result of a task whose sampling met a non-finite number: no episodes, ``valid: False``, a reason."""
+        reason = (f"non-finite number in task {request.task_index} (iteration {request.iteration}, "
+                  f"seed {self.spec.seed}, env {self.spec.env_id}): {_one_line(exc)}")
+        return {"iteration": request.iteration, "task_index": request.task_index, "task": request.task,
+                "episodes": [], "env_steps": 0, "sample_time_s": time.perf_counter() - start,
+                "pid": os.getpid(), "valid": False, "reason": reason}
 
     def _sample(self, weights: dict[str, np.ndarray], request: TaskRequest) -> list[dict[str, np.ndarray]]:
         env = self._env(request.trajectories or self.spec.trajectories)
@@ -191,11 +227,22 @@ class RolloutWorker:
         env_seed, noise_seed = task_seeds(self.spec.seed, request.iteration, request.task_index, request.stream)
         generator = torch.Generator().manual_seed(noise_seed)
         params = params_from_numpy(weights)
-        batches = [rollout(env, self.policy, params, self.spec.horizon, env_seed, generator)]
+        batches = [_in_batch(0, rollout, env, self.policy, params, self.spec.horizon, env_seed, generator)]
         for step, lr in enumerate(request.lrs):
             episodes = with_advantages(Episodes.from_numpy(batches[-1]), self.spec.gamma, self.spec.gae_lambda)
             params = {k: v.detach() for k, v in
                       adapt(self.inner_loss, params, episodes, steps=1, lr=lr, first_order=True).items()}
-            batches.append(rollout(env, self.policy, params, self.spec.horizon,
-                                   env_seed + (step + 1) * env.num_envs, generator))
+            if not all_finite(params):
+                raise NonFiniteSampleError(f"inner gradient step {step + 1} gave non-finite adapted parameters φ")
+            batches.append(_in_batch(step + 1, rollout, env, self.policy, params, self.spec.horizon,
+                                     env_seed + (step + 1) * env.num_envs, generator))
         return batches
+
+
+def _in_batch(index: int, fn: Any, *args: Any) -> Any:
+    """Run one rollout; a non-finite number in it says which batch (0: θ, then φ after each inner step)."""
+    try:
+        return fn(*args)
+    except FloatingPointError as exc:
+        which = "pre-adaptation, θ" if index == 0 else f"after {index} inner step(s), φ"
+        raise NonFiniteSampleError(f"batch {index} ({which}): {type(exc).__name__}: {_one_line(exc)}") from exc
