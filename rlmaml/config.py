@@ -290,7 +290,7 @@ def _parse_value(text: str) -> Any:
             return text
 
 
-def _friendly(exc: OmegaConfBaseException) -> str:
+def _friendly(exc: Exception) -> str:
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
     msg = msg.replace("of type 'str' ", "").replace("'Config'", "the config")
@@ -339,12 +339,12 @@ def build_config(preset: str | dict[str, Any], overrides: list[str] | tuple[str,
         items.append((item, key, text if _field_type(key) is str else _parse_value(text)))
     try:
         merged = OmegaConf.merge(base, OmegaConf.create(layer))
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, TypeError) as exc:
         raise ConfigError(f"preset {preset if isinstance(preset, str) else ''}: {_friendly(exc)}") from None
     for item, key, value in items:  # one at a time, so an error can always name its override
         try:
             merged = OmegaConf.merge(merged, OmegaConf.create(_nested([(item, key, value)])))
-        except OmegaConfBaseException as exc:
+        except (OmegaConfBaseException, TypeError) as exc:  # TypeError: e.g. rl.hidden.0=1 (merging a dict into a list)
             message = _friendly(exc)
             if getattr(exc, "full_key", None) is None or "$VALUE" in message:
                 message = f"bad value in override {item!r}: {str(exc).splitlines()[0].split(':')[0]}"
@@ -460,6 +460,21 @@ def validate(cfg: Config) -> None:
     _require(e.trajectories >= 0, f"eval.trajectories must be >= 0, got {e.trajectories}")
     _positive(e.step_decay, "eval.step_decay")
     _choice(e.init, "eval.init", ("checkpoint", "random"))
+
+    for key, seed in (("run.seed", cfg.run.seed), ("eval.seed", e.seed), ("omniglot.split_seed", o.split_seed)):
+        _require(0 <= seed < 2**63, f"{key} must be in [0, 2**63), got {seed}")
+    _require_finite(cfg)
+
+
+def _require_finite(obj: Any, prefix: str = "") -> None:
+    """Every float of the config (scalars and tuple items) must be finite, whatever its own range rule."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _require_finite(value, f"{prefix}{f.name}.")
+            continue
+        for v in value if isinstance(value, tuple) else (value,):
+            _require(not isinstance(v, float) or math.isfinite(v), f"{prefix}{f.name} must be finite, got {v!r}")
 
 
 def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
