@@ -7,6 +7,7 @@ In one run, on one local Ray instance, with the same θ and tasks:
 
   (a) the bare ``envs`` batched stepper: ``make_batched(id, K)`` stepped with random actions, in this process,
       for as many env steps as one meta-batch (both the pre- and post-adaptation rollouts);
+  (a2) the same ``RolloutWorker`` in this process, without Ray (policy forward, adaptation: the worker's cost);
   (b) RaySampler with 1 worker, (c) with ``--workers`` workers (default 2): env steps per second;
   (d) a full meta-iteration with the (c) workers: sampling overlapped with the learner's per-task work, then the
       TRPO step (learner in this process, on the CPU unless CUDA is available).
@@ -105,6 +106,23 @@ def main() -> None:
     rows.append(("(a) bare envs batched stepper, 1 process", f"{bare_rate:,.0f} steps/s", f"{best_bare:.2f} s"))
     print(rows[-1], flush=True)
 
+    # (a2) the same RolloutWorker in this process (no Ray): separates Ray's cost from the worker's own
+    from rlmaml.rl.learner import MetaLearner
+    from rlmaml.rl.worker import RolloutWorker
+
+    worker = RolloutWorker(spec, num_threads=1)
+    weights0 = MetaLearner(cfg, *worker.spaces(), torch.device("cpu")).weights()
+    worker.sample_task(weights0, requests[0])  # warm-up (lazy torch imports)
+    best_local, local_steps = float("inf"), 0
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        local_steps = sum(worker.sample_task(weights0, r)["env_steps"] for r in requests)
+        best_local = min(best_local, time.perf_counter() - start)
+    local_rate = local_steps / best_local
+    rows.append(("(a2) RolloutWorker in this process (LocalSampler)", f"{local_rate:,.0f} steps/s", f"{best_local:.2f} s"))
+    print(rows[-1], flush=True)
+    del worker
+
     learner = None
     rates: dict[int, float] = {}
     sample_time: dict[int, float] = {}
@@ -159,6 +177,8 @@ def main() -> None:
     print(f"{'figure':<58} {'measured':>10} {'goal':>10}")
     print(f"{f'scaling {args.workers} workers / 1 worker':<58} {scaling:>9.2f}x {'>= 1.7x':>10}")
     print(f"{'Ray sampling (1 worker) / bare stepper':<58} {vs_bare:>10.2f} {'>= 0.8':>10}")
+    print(f"{'  of which: in-process RolloutWorker / bare stepper':<58} {local_rate / bare_rate:>10.2f}")
+    print(f"{'  of which: Ray (1 worker) / in-process RolloutWorker':<58} {rates[1] / local_rate:>10.2f}")
     print(f"{'driver time in Ray calls + transfers / meta-iteration':<58} {100 * best_share:>9.1f}% {'<= 5%':>10}")
     print(f"{f'meta-iteration / pure sampling (learner on {learner_device.type})':<58} {ratio:>9.2f}x {'<= 1.3x':>10}")
 

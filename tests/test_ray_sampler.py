@@ -125,6 +125,16 @@ def test_ray_sampler_matches_local_sampler(ray_session):
         requests2 = task_requests(cfg, make_task_distribution(cfg), 4)
         assert_same_results(list(sampler.sample(weights2, 1, requests2)), list(local.sample(weights2, 1, requests2)))
         assert sampler.stats()["results"] == 8
+        # a caller that stops early leaves calls in flight: the next iteration ignores them
+        expected = list(local.sample(weights, 0, requests))
+        abandoned = sampler.sample(weights, 0, requests)
+        next(abandoned)
+        abandoned.close()
+        assert_same_results(list(sampler.sample(weights, 0, requests)), expected)
+        # two calls queued per actor (pipelining) gives the same data
+        sampler.pipeline_depth = 2
+        assert_same_results(list(sampler.sample(weights, 0, requests)), expected)
+        assert sampler.fault_counts() == {"actor_deaths": 0, "timeouts": 0, "retries": 0}
     finally:
         sampler.close()
     assert ray_session.is_initialized()  # close() leaves a Ray it did not start

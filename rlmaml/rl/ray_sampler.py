@@ -253,7 +253,11 @@ class RaySampler:
 
     def sample(self, weights: dict[str, np.ndarray], version: int,
                requests: Sequence[TaskRequest]) -> Iterator[dict[str, Any]]:
-        """Yield one result per request as each finishes, whatever the faults on the way."""
+        """Yield one result per request as each finishes, whatever the faults on the way.
+
+        Results are tracked by the request's position in ``requests`` (its task index, in the trainer), so a
+        duplicate (after a resubmission) is dropped and every request is yielded exactly once.
+        """
         import ray
 
         if self._closed:
@@ -275,8 +279,9 @@ class RaySampler:
                 if result is not None:
                     self._fill(batch)  # keep the actor that just finished busy while the caller works
                     yield result
-        finally:
-            self._batch = None
+        finally:  # also on an early close() of the generator; a later sample() call may already own _batch
+            if self._batch is batch:
+                self._batch = None
 
     def close(self) -> None:
         """Kill the actors; shut Ray down only if this sampler started it."""
