@@ -141,6 +141,17 @@ def test_ray_sampler_matches_local_sampler(ray_session):
 
 
 @pytest.mark.ray
+def test_a_worker_that_cannot_start_names_the_cause(ray_session):
+    import dataclasses
+
+    from rlmaml.rl.ray_sampler import RaySampler
+
+    spec = dataclasses.replace(WorkerSpec.from_config(small_cfg()), env_module="no_such_module_for_rlmaml")
+    with pytest.raises(RuntimeError, match="failed to start: ValueError: rl.env_module 'no_such_module_for_rlmaml'"):
+        RaySampler(spec, num_workers=1, task_timeout_s=30, max_task_retries=1)
+
+
+@pytest.mark.ray
 def test_remote_learner_proxy_matches_driver_learner(ray_session):
     """The GPU-actor proxy, run on the CPU (num_gpus=0): same metrics and θ as a MetaLearner in the driver."""
     from rlmaml.rl.learner_placement import RemoteLearner

@@ -192,7 +192,7 @@ class RaySampler:
             except ray.exceptions.RayError as exc:
                 self.close()
                 raise RuntimeError(f"rollout worker for {self.spec.env_id} failed to start: "
-                                   f"{_first_line(exc)}") from exc
+                                   f"{_root_cause(exc)}") from exc
             slot.state = "ready"
         for ref in pending:  # still starting (e.g. waiting for a node): keep probing them
             slot = pings[ref]
@@ -209,7 +209,8 @@ class RaySampler:
 
     def worker_info(self) -> list[dict[str, Any]]:
         """Each actor's pid, node id and state (pids change when an actor restarts)."""
-        return [{"index": s.index, "pid": s.pid, "node_id": s.node_id, "state": s.state} for s in self._slots]
+        return [{"index": s.index, "pid": s.pid, "node_id": s.node_id, "state": s.state, "deaths": s.deaths}
+                for s in self._slots]
 
     def actor_handles(self) -> list[Any]:
         return [s.actor for s in self._slots]
@@ -504,6 +505,12 @@ def _kill(actor: Any, *, no_restart: bool) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The exception line at the end of a Ray error's remote traceback (e.g. the constructor's ValueError)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _cause(exc: Any) -> str:
