@@ -53,6 +53,8 @@ class RunConfig:
     """Stop the run after this many consecutive skipped (non-finite) updates."""
     device: str = "auto"
     """Learner device: auto (CUDA when available), cpu or cuda."""
+    time_limit_min: float = 0.0
+    """Stop (with a checkpoint) after this many minutes of training; 0 means no limit."""
 
 
 @dataclass(frozen=True)
@@ -403,6 +405,8 @@ def validate(cfg: Config) -> None:
     for key in ("iterations", "checkpoint_every", "keep_checkpoints", "log_every", "max_consecutive_failures"):
         _positive(getattr(cfg.run, key), f"run.{key}")
     _choice(cfg.run.device, "run.device", ("auto", "cpu", "cuda"))
+    _require(math.isfinite(cfg.run.time_limit_min) and cfg.run.time_limit_min >= 0,
+             f"run.time_limit_min must be >= 0, got {cfg.run.time_limit_min}")
     _positive(cfg.maml.inner_lr, "maml.inner_lr")
     _require(cfg.maml.inner_steps >= 0, f"maml.inner_steps must be >= 0, got {cfg.maml.inner_steps}")
     _require(0.0 <= cfg.maml.first_order_until <= 1.0,
