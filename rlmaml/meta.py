@@ -100,9 +100,10 @@ def adapt_path(
         def fast_loss(fast_params: Params, rest: Params = rest) -> Tensor:
             return loss_fn({**rest, **fast_params}, batch)
 
-        grads = grad(fast_loss)(fast)
-        if first_order:
-            grads = {n: g.detach() for n, g in grads.items()}
+        if first_order:  # differentiate at detached inputs: no graph of the inner gradient is built at all
+            grads = {n: g.detach() for n, g in grad(fast_loss)({n: p.detach() for n, p in fast.items()}).items()}
+        else:
+            grads = grad(fast_loss)(fast)
         current = {**rest, **sgd_step(fast, grads, lr, step)}
         path.append(current)
     return path
