@@ -293,6 +293,8 @@ def _parse_value(text: str) -> Any:
 
 
 def _friendly(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "a value that contains itself (a recursive YAML alias)"
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
     msg = msg.replace("of type 'str' ", "").replace("'Config'", "the config")
@@ -341,14 +343,16 @@ def build_config(preset: str | dict[str, Any], overrides: list[str] | tuple[str,
         items.append((item, key, text if _field_type(key) is str else _parse_value(text)))
     try:
         merged = OmegaConf.merge(base, OmegaConf.create(layer))
-    except (OmegaConfBaseException, TypeError) as exc:
+    except (OmegaConfBaseException, TypeError, RecursionError) as exc:
         raise ConfigError(f"preset {preset if isinstance(preset, str) else ''}: {_friendly(exc)}") from None
     for item, key, value in items:  # one at a time, so an error can always name its override
         try:
             merged = OmegaConf.merge(merged, OmegaConf.create(_nested([(item, key, value)])))
-        except (OmegaConfBaseException, TypeError) as exc:  # TypeError: e.g. rl.hidden.0=1 (merging a dict into a list)
+        except (OmegaConfBaseException, TypeError, RecursionError) as exc:  # e.g. rl.hidden.0=1, rl.hidden=&a [*a]
             message = _friendly(exc)
-            if getattr(exc, "full_key", None) is None or "$VALUE" in message:
+            if isinstance(exc, RecursionError):
+                message = f"bad value in override {item!r}: {message}"
+            elif getattr(exc, "full_key", None) is None or "$VALUE" in message:
                 message = f"bad value in override {item!r}: {str(exc).splitlines()[0].split(':')[0]}"
                 message = message.replace("'$VALUE' of type '$VALUE_TYPE' ", "")
             raise ConfigError(message) from None

@@ -102,6 +102,7 @@ def _check(preset: str, overrides: list[str], stub_trainers: list[Config], capsy
 @example(preset="nav2d", overrides=["maml.inner_lr=nan", "rl.max_kl=.inf"])
 @example(preset="sinusoid", overrides=["run.name=&a [*a]"])
 @example(preset="sinusoid", overrides=["rl.hidden.0=0"])
+@example(preset="nav2d", overrides=["rl.hidden=&a [*a]"])
 def test_any_overrides_end_in_exit_0_or_one_error_line_with_exit_2(preset, overrides, stub_trainers, capsys) -> None:
     _check(preset, overrides, stub_trainers, capsys)
 
@@ -140,6 +141,20 @@ def test_regression_a_preset_file_merging_a_mapping_into_a_list_is_a_config_erro
     preset = tmp_path / "mine.yaml"
     preset.write_text("rl:\n  hidden: {0: 1}\n")
     with pytest.raises(ConfigError, match="mine.yaml"):
+        build_config(str(preset))
+
+
+@pytest.mark.parametrize("override", ["rl.hidden=&a [*a]", "maml.inner_lr=&a [*a]", "eval.shots=[&a [*a]]"])
+def test_regression_a_recursive_yaml_alias_in_an_override_is_a_config_error(override: str) -> None:
+    # The self-containing list reached OmegaConf and ended in a RecursionError traceback.
+    with pytest.raises(ConfigError, match="contains itself"):
+        build_config("nav2d", [override])
+
+
+def test_regression_a_recursive_yaml_alias_in_a_preset_file_is_a_config_error(tmp_path: Path) -> None:
+    preset = tmp_path / "loop.yaml"
+    preset.write_text("rl:\n  hidden: &x [*x]\n")
+    with pytest.raises(ConfigError, match="loop.yaml.*contains itself"):
         build_config(str(preset))
 
 
