@@ -222,3 +222,31 @@ def test_the_kill_hook_is_a_no_op_unless_its_variable_names_the_stage_and_iterat
     kill_point("outer_step", 3)
     monkeypatch.setenv(KILL_ENV, json.dumps("sampling:3"))  # not the exact form: ignored
     kill_point("sampling", 3)
+
+
+# ---- with Ray: the same numbers on the CPU (faults_* counters restart with the process) ------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_resumed_ray_run_gives_the_numbers_of_an_uninterrupted_one_on_the_cpu(ray_session, tmp_path,
+                                                                                one_thread) -> None:
+    from rlmaml.rl.trainer import train_rl
+
+    tiny = ["rl.backend=ray", "rl.num_workers=2", "optim.meta_batch=4", "rl.trajectories=4", "rl.horizon=20",
+            "rl.hidden=[16,16]", "run.checkpoint_every=2", "run.log_every=1000", "run.device=cpu"]
+    one_cfg = build_config("nav2d", [*tiny, "run.iterations=4", f"run.dir={tmp_path / 'one'}"])
+    one = RunDir.create(one_cfg)
+    theta_one = train_rl(one_cfg, one).params
+    two = RunDir.create(build_config("nav2d", [*tiny, "run.iterations=2", f"run.dir={tmp_path / 'two'}"]))
+    train_rl(two.config(), two)
+    two_cfg = two.config(["run.iterations=4"])
+    theta_two = train_rl(two_cfg, two, two.load_checkpoint()).params  # new actors, as after a crash
+    for k in theta_one:
+        assert torch.equal(theta_one[k], theta_two[k]), k
+
+    def comparable(run: RunDir) -> list[dict]:
+        return [{k: v for k, v in r.items() if not (_is_timing(k) or k.startswith("faults_"))} for r in run.metrics()]
+
+    assert comparable(one) == comparable(two)
+    assert [r["iteration"] for r in two.metrics()] == [0, 1, 2, 3]
