@@ -18,7 +18,7 @@ Preprocessing (once, then cached)
     or size and mtime of every PNG of a folder), in ``omniglot.cache_dir``, else ``$RLMAML_CACHE``, else
     ``~/.cache/rlmaml``. A changed source has a new fingerprint and is decoded again. Files are written
     to a temporary name and moved into place (``os.replace``), so a crash never leaves a half cache.
-    Decoding takes ~5 s for the 32,460 PNGs in one process (0.14 ms each measured on a 2-core CPU), so no
+    Decoding takes 5-10 s for the 32,460 PNGs in one process (0.14 ms each on a 2-core CPU), so no
     worker pool: forking a process that has torch loaded costs more than it saves. Loading the cache
     takes well under a second.
 
@@ -508,10 +508,11 @@ class OmniglotDomain:
         """'loop' on CPU (measured), 'vmap' on CUDA (a guess, not measured).
 
         One second-order 5-way 1-shot meta-step (conv net, meta-batch 32, 15 queries, 1 inner step) through
-        ``meta_objective`` on a 2-core CPU, torch 2.13, median of interleaved repeats: loop 1.03 s vs
-        vmap 2.15 s with 1 thread; loop 0.67 s vs vmap ~1.0 s with 2. Under vmap each adapted conv
-        becomes a grouped convolution, slower on CPU than 32 dense ones, and batch norm must take its
-        composite form (see :mod:`rlmaml.supervised.models`). On a GPU the loop launches ~T times as many
-        small kernels, so vmap should win there; this has not been measured.
+        ``meta_objective`` on a 2-core CPU, torch 2.13, one thread, median of interleaved repeats: loop
+        1.03 s vs vmap 2.15 s on a quiet machine, 1.75 s vs 3.44 s under load
+        (``benchmarks/omniglot_speed.py``; 20-way 1-shot, 5 steps: 3.76 s vs 4.97 s). Under vmap each
+        adapted conv becomes a grouped convolution, slower on CPU than T dense ones, and batch norm takes
+        its slower composite form (see :mod:`rlmaml.supervised.models`). On a GPU the loop launches ~T
+        times as many small kernels, so vmap should win there; this has not been measured.
         """
         return "vmap" if torch.device(device).type == "cuda" else "loop"
