@@ -160,3 +160,16 @@ def test_regression_a_recursive_yaml_alias_in_a_preset_file_is_a_config_error(tm
 
 def test_the_largest_usable_seed_is_accepted() -> None:
     assert build_config("nav2d", [f"run.seed={2**63 - 1}"]).run.seed == 2**63 - 1
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("rl.env=nope/Nope-v0", "rl.env"),
+    ("rl.env_module=no_such_module_for_rlmaml", "rl.env_module"),
+    ("rl.task_distribution=no_such_module_for_rlmaml:Goals", "no task distribution"),
+])
+def test_an_unknown_env_env_module_or_task_distribution_is_one_line_exit_2(override, named, stub_trainers,
+                                                                          capsys) -> None:
+    assert main(["train", "nav2d", override, "--backend", "local"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("rlmaml: error:") and named in err
+    assert not stub_trainers

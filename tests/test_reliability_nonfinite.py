@@ -338,3 +338,23 @@ def test_the_count_of_consecutive_skipped_updates_survives_a_resume(tmp_path, ca
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "run.iterations=5"]) == 1
     assert "2 consecutive updates skipped at iteration 2" in capsys.readouterr().err
+
+
+def test_the_learner_refuses_a_non_finite_episode_batch_that_got_past_a_worker(tmp_path) -> None:
+    from rlmaml.rl.trainer import make_task_distribution, task_requests
+    from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+
+    cfg = build_config("nav2d", TINY)
+    worker = RolloutWorker(WorkerSpec.from_config(cfg))
+    learner = MetaLearner(cfg, *worker.spaces(), torch.device("cpu"))
+    theta = {k: v.detach().clone() for k, v in learner.params.items()}
+    for request in task_requests(cfg, make_task_distribution(cfg), 0):
+        result = worker.sample_task(learner.weights(), request)
+        if request.task_index == BAD_TASK:  # e.g. a user's sampler that does not check: inf in a reward
+            result["episodes"][1]["rewards"][3, 0] = np.inf
+        learner.add_task(result)
+    metrics = learner.step()
+    assert metrics["accepted"] is False and metrics["tasks_invalid"] == 1
+    assert f"non-finite observation, reward or advantage in task {BAD_TASK} (iteration 0)" in metrics["reason"]
+    assert all(torch.equal(theta[k], learner.params[k].detach()) for k in theta)
+    assert learner.version == 0 and not learner.tasks and not learner.invalid  # ready for the next iteration

@@ -183,6 +183,41 @@ def test_ppo_resume_restores_adam_state_and_continues_exactly(tmp_path: Path, ca
             assert torch.equal(state[name], b["optimizer"]["state"][i][name])
 
 
+def test_a_full_disk_at_a_checkpoint_stops_the_run_exit_2_and_resume_continues_exactly(tmp_path: Path, capsys,
+                                                                                         monkeypatch, one_thread) -> None:
+    import errno
+
+    import rlmaml.runs as runs
+
+    tiny = ["optim.meta_batch=3", "rl.trajectories=4", "rl.horizon=10", "rl.hidden=[16]", "run.iterations=4",
+            "run.checkpoint_every=1", "run.log_every=1000", "run.device=cpu", "rl.backend=local"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "nav2d", *tiny, f"run.dir={one}"]) == 0
+    save = RunDir.save_checkpoint
+
+    def disk_full_at_iteration_2(self, state, iteration, keep=3, tag=None):
+        if iteration == 2 and tag is None:
+            def enospc(fd):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            with monkeypatch.context() as m:
+                m.setattr(runs.os, "fsync", enospc)
+                return save(self, state, iteration, keep, tag)
+        return save(self, state, iteration, keep, tag)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", disk_full_at_iteration_2)
+    capsys.readouterr()
+    assert main(["train", "nav2d", *tiny, f"run.dir={two}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("rlmaml: error: could not write checkpoint ckpt-00000002")
+    assert "No space left on device" in err[-1] and "previous checkpoint is intact" in err[-1]
+    monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    assert _last_good_iteration(two) == 1
+    assert main(["train", "--resume", str(two)]) == 0
+    assert _metrics(one) == _metrics(two)
+    _assert_params_equal(RunDir.open(one).load_checkpoint()["learner"]["params"],
+                         RunDir.open(two).load_checkpoint()["learner"]["params"])
+
+
 # ---- configs are read with yaml.safe_load: a tag that would run code is refused ---------------------------------
 
 EVIL_YAML = "experiment: rl\nrun: !!python/object/apply:os.system ['touch {marker}']\n"
@@ -210,6 +245,29 @@ def test_a_preset_file_with_a_python_tag_is_refused_exit_2_and_runs_nothing(tmp_
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("rlmaml: error:") and "evil.yaml" in err
     assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_the_package_loads_yaml_only_with_safe_load_and_torch_only_with_weights_only() -> None:
+    import ast
+
+    import envs
+    import rlmaml
+
+    calls = 0
+    for root in (Path(rlmaml.__file__).parent, Path(envs.__file__).parent):
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name)):
+                    continue
+                module, name = node.func.value.id, node.func.attr
+                assert (module, name) not in {("yaml", "load"), ("yaml", "unsafe_load"), ("yaml", "full_load"),
+                                              ("yaml", "load_all"), ("pickle", "load"), ("pickle", "loads")}, path
+                if (module, name) == ("torch", "load"):
+                    calls += 1
+                    assert any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
+                               for k in node.keywords), (path, node.lineno)
+    assert calls >= 1  # the checkpoint loader itself
 
 
 def test_the_kill_hook_is_a_no_op_unless_its_variable_names_the_stage_and_iteration(monkeypatch) -> None:
