@@ -1,9 +1,11 @@
 """Starting or joining Ray for the meta-RL trainer.
 
-``init_ray("")`` starts the embedded default: a local, single-node Ray inside this process, with the dashboard
-bound to 127.0.0.1. ``init_ray("auto")`` or ``init_ray("host:port")`` joins a running cluster (one started
-from ``launch/``). The call is idempotent: if Ray is already initialised (tests share one instance, or a
-caller started Ray itself) it does nothing.
+``init_ray("")`` starts the embedded default: a new local, single-node Ray owned by this process
+(``ray.init(address="local")``, so never a cluster that ``ray start`` left running on this machine), with the
+dashboard bound to 127.0.0.1. ``init_ray("auto")`` or ``init_ray("host:port")`` joins a running cluster (one
+started from ``launch/``); so does ``init_ray("")`` when ``RAY_ADDRESS`` is set (Ray's convention, e.g. inside
+a Ray job). The call is idempotent: if Ray is already initialised (tests share one instance, or a caller
+started Ray itself) it does nothing.
 
 Security defaults (checked against Ray 2.60's docs and its ``ray/_private/worker.py``):
 
@@ -59,7 +61,9 @@ def init_ray(address: str = "", dashboard_host: str = LOOPBACK, num_cpus: int | 
     if dashboard_host not in (LOOPBACK, "localhost", "::1"):
         print(f"rlmaml: warning: the Ray dashboard will listen on {dashboard_host}; anyone who can reach it "
               "can run code on this machine", file=sys.stderr, flush=True)
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard,
+    # address="local": always a new instance. address=None would join the cluster recorded in
+    # /tmp/ray/ray_current_cluster (a `ray start` on this machine) instead of starting ours with these settings.
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard,
              dashboard_host=dashboard_host, **common)
     _STARTED_HERE = True
 
