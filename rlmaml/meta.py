@@ -31,14 +31,27 @@ def params_of(module: nn.Module) -> Params:
     return dict(module.named_parameters())
 
 
-def model_loss(model: nn.Module, loss: Callable[[Tensor, Tensor], Tensor]) -> LossFn:
-    """A loss closure for supervised data: ``batch = (inputs, targets)``."""
+def model_loss(model: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], per_step: bool = False) -> LossFn:
+    """A loss closure for supervised data: ``batch = (inputs, targets)``.
 
-    def loss_fn(params: Params, batch: tuple[Tensor, Tensor]) -> Tensor:
+    ``per_step`` marks a model whose forward takes ``step=`` (MAML++ per-step batch-norm weights): the core
+    then tells the loss which inner step it is at (see :func:`call_loss`).
+    """
+
+    def loss_fn(params: Params, batch: tuple[Tensor, Tensor], step: int | None = None) -> Tensor:
         inputs, targets = batch
-        return loss(functional_call(model, params, (inputs,)), targets)
+        kwargs = {"step": step} if per_step and step is not None else {}
+        return loss(functional_call(model, params, (inputs,), kwargs), targets)
 
+    loss_fn.takes_step = per_step  # type: ignore[attr-defined]
     return loss_fn
+
+
+def call_loss(loss_fn: LossFn, params: Params, batch: Any, step: int) -> Tensor:
+    """``loss_fn(params, batch)``, passing the inner step index when the loss asks for it (``takes_step``)."""
+    if getattr(loss_fn, "takes_step", False):
+        return loss_fn(params, batch, step=step)  # type: ignore[call-arg]
+    return loss_fn(params, batch)
 
 
 def learnable_inner_lr(params: Params, steps: int, init: float) -> dict[str, Tensor]:
@@ -97,8 +110,8 @@ def adapt_path(
         fast = {n: current[n] for n in names}
         rest = {n: v for n, v in current.items() if n not in fast}
 
-        def fast_loss(fast_params: Params, rest: Params = rest) -> Tensor:
-            return loss_fn({**rest, **fast_params}, batch)
+        def fast_loss(fast_params: Params, rest: Params = rest, step: int = step) -> Tensor:
+            return call_loss(loss_fn, {**rest, **fast_params}, batch, step)
 
         if first_order:  # differentiate at detached inputs: no graph of the inner gradient is built at all
             grads = {n: g.detach() for n, g in grad(fast_loss)({n: p.detach() for n, p in fast.items()}).items()}
@@ -156,12 +169,12 @@ def task_objective(
     """The post-adaptation loss of one task: ``L_val(adapt(θ, D_tr))``.
 
     With ``step_weights`` (length ``steps``) it is the MAML++ multi-step loss
-    ``Σ_i w_i L_val(φ_i)``.
+    ``Σ_i w_i L_val(φ_i)``. φ_i is evaluated at step index ``i - 1``, the step that produced it.
     """
     path = adapt_path(inner_loss, params, train, steps=steps, lr=lr, first_order=first_order, adapted=adapted)
     if step_weights is None:
-        return outer_loss(path[-1], val)
-    losses = torch.stack([outer_loss(p, val) for p in path[1:]])
+        return call_loss(outer_loss, path[-1], val, max(steps - 1, 0))
+    losses = torch.stack([call_loss(outer_loss, p, val, i) for i, p in enumerate(path[1:])])
     return (step_weights.to(losses) * losses).sum()
 
 

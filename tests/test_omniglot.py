@@ -407,9 +407,21 @@ def test_domain_prefers_the_measured_batching_on_cpu():
     assert domain.preferred_batching(torch.device("cpu")) == "loop"
 
 
-def test_per_step_batch_norm_is_refused_until_the_core_supports_it():
-    with pytest.raises(NotImplementedError, match="per_step_bn"):
-        OmniglotDomain(OmniglotConfig(per_step_bn=True))
+def test_per_step_batch_norm_uses_one_weight_set_per_inner_step():
+    from rlmaml.meta import meta_objective
+
+    domain = OmniglotDomain(OmniglotConfig(ways=3, split="alphabet", per_step_bn=True, test_steps=3, queries=2),
+                            data=coded_data())
+    model = domain.build_model(0)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    bn = [k for k in params if "norm" in k]
+    assert bn and all(params[k].shape[0] == 3 for k in bn), "one batch-norm weight set per test step"
+    support, query = domain.sample_tasks(2, np.random.default_rng(0), "train")
+    loss_fn = domain.loss_fn(model)
+    loss = meta_objective(loss_fn, loss_fn, params, support, query, steps=2, lr=0.1, batching="loop")
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+    for k in bn:  # two inner steps: sets 0 and 1 get gradients, the unused set 2 gets none
+        assert grads[k][:2].abs().sum() > 0 and grads[k][2].abs().sum() == 0
 
 
 # ---------------------------------------------------------------------------------------------- training

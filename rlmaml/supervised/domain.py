@@ -41,8 +41,11 @@ class SupervisedDomain(Protocol):
         """The loss closure ``loss(params, (inputs, targets))`` used for both inner and outer steps."""
         ...
 
-    def metrics(self, model: nn.Module, params: Params, batch: Any) -> dict[str, Tensor]:
-        """Per-task evaluation metrics of ``params`` on one task's ``batch``, e.g. {'loss', 'accuracy'}."""
+    def metrics(self, model: nn.Module, params: Params, batch: Any, step: int = 0) -> dict[str, Tensor]:
+        """Per-task metrics of ``params`` on one task's ``batch``, e.g. {'loss', 'accuracy'}.
+
+        ``step`` is the inner step that produced ``params`` (for per-step batch-norm weights).
+        """
         ...
 
     def preferred_batching(self, device: torch.device) -> str:

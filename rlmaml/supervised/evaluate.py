@@ -38,7 +38,8 @@ def per_task_metrics(domain: SupervisedDomain, model: torch.nn.Module, params: P
 
     def one(sup: Any, qry: Any) -> dict[int, dict[str, Tensor]]:
         path = adapt_path(loss_fn, detached, sup, steps=max(steps), lr=lr_d, first_order=True)
-        return {s: {k: v.detach() for k, v in domain.metrics(model, path[s], qry).items()} for s in steps}
+        return {s: {k: v.detach() for k, v in domain.metrics(model, path[s], qry, step=max(s - 1, 0)).items()}
+                for s in steps}
 
     n = torch.utils._pytree.tree_leaves(support)[0].shape[0]
     parts = []

@@ -440,11 +440,6 @@ class OmniglotDomain:
             raise ValueError(f"omniglot.model must be 'conv' or 'mlp', got {cfg.model!r}")
         if cfg.split not in ("paper", "alphabet"):
             raise ValueError(f"omniglot.split must be 'paper' or 'alphabet', got {cfg.split!r}")
-        if cfg.per_step_bn:
-            raise NotImplementedError(
-                "omniglot.per_step_bn needs rlmaml.meta to pass the inner step index to the loss; the "
-                "networks support it (forward(x, step=i)) but the shared core does not yet"
-            )
         if data is None:
             if cfg.split == "paper":
                 if not 0 < cfg.train_characters < CHARACTERS:
@@ -480,7 +475,8 @@ class OmniglotDomain:
 
     def build_model(self, seed: int) -> nn.Module:
         """The conv net or the MLP of the paper (see :mod:`rlmaml.supervised.models`), seeded."""
-        return seeded_init(seed, lambda: build_network(self.cfg.model, self.cfg.ways))
+        bn_steps = max(self.cfg.test_steps, 1) if self.cfg.per_step_bn else 1  # later steps reuse the last set
+        return seeded_init(seed, lambda: build_network(self.cfg.model, self.cfg.ways, bn_steps=bn_steps))
 
     def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train", shots: int | None = None,
                      queries: int | None = None) -> TaskBatch:
@@ -492,15 +488,16 @@ class OmniglotDomain:
 
     def loss_fn(self, model: nn.Module) -> LossFn:
         """Cross-entropy of the model run functionally with ``params``."""
-        return model_loss(model, F.cross_entropy)
+        return model_loss(model, F.cross_entropy, per_step=self.cfg.per_step_bn)
 
-    def metrics(self, model: nn.Module, params: Params, batch: Any) -> dict[str, Tensor]:
+    def metrics(self, model: nn.Module, params: Params, batch: Any, step: int = 0) -> dict[str, Tensor]:
         """Cross-entropy and accuracy of ``params`` on one task's ``(inputs, labels)``.
 
         Batch norm normalises with the statistics of this batch (the query set), as the original code.
         """
         inputs, labels = batch
-        logits = functional_call(model, params, (inputs,))
+        kwargs = {"step": step} if self.cfg.per_step_bn else {}
+        logits = functional_call(model, params, (inputs,), kwargs)
         return {"loss": F.cross_entropy(logits, labels),
                 "accuracy": (logits.argmax(-1) == labels).to(logits.dtype).mean()}
 

@@ -63,7 +63,7 @@ class SinusoidDomain:
         """Mean squared error of the model run functionally with ``params``."""
         return model_loss(model, nn.functional.mse_loss)
 
-    def metrics(self, model: nn.Module, params: Params, batch: Any) -> dict[str, Tensor]:
+    def metrics(self, model: nn.Module, params: Params, batch: Any, step: int = 0) -> dict[str, Tensor]:
         """MSE on a task's query points."""
         return {"mse": self.loss_fn(model)(params, batch)}
 
