@@ -58,7 +58,7 @@ def test_rlmaml_train_with_its_defaults_starts_ray_with_the_dashboard_on_loopbac
     assert len(ray_init_calls) == 1
     call = ray_init_calls[0]
     assert call["dashboard_host"] == "127.0.0.1"
-    assert not call["args"] and call.get("address") is None  # a new local instance, not a join
+    assert not call["args"] and call["address"] == "local"  # a new local instance, never a join
     assert "auth" not in repr(call.get("_system_config", {})).lower()
 
 
@@ -75,13 +75,12 @@ def test_rlmaml_train_leaves_rays_token_authentication_default_on(ray_init_calls
     assert os.environ["RAY_AUTH_MODE"] == "token"
 
 
-@pytest.mark.xfail(strict=True, reason="init_ray('') calls ray.init() without address='local', so Ray joins a cluster "
-                   "recorded in /tmp/ray/ray_current_cluster (e.g. from `ray start` on the same machine) instead of "
-                   "starting its own with the settings above; to fix in rlmaml/rl/ray_runtime.py")
 def test_the_embedded_start_never_joins_another_local_cluster(ray_init_calls) -> None:
+    # address=None would join a cluster recorded in /tmp/ray/ray_current_cluster (a `ray start` on this machine),
+    # with that cluster's dashboard and auth settings, instead of starting ours with the settings above.
     with pytest.raises(_Stop):
         ray_runtime.init_ray("")
-    assert ray_init_calls[0].get("address") == "local"  # Ray's value for 'start a new local instance'
+    assert ray_init_calls[0]["address"] == "local"  # Ray's value for 'start a new local instance'
 
 
 def test_joining_a_cluster_passes_no_dashboard_or_auth_settings(ray_init_calls) -> None:
