@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from torch.distributions import Independent, Normal
 
 import rlmaml.rl.trpo as trpo
 import rlmaml.rl.worker as worker_module
@@ -178,20 +177,19 @@ def test_a_non_finite_env_output_skips_the_update_naming_task_and_iteration(what
     assert bad["tasks_invalid"] == 1 and "seed 0" in bad["reason"]
 
 
-@pytest.mark.parametrize("validated", [True, False], ids=["distribution-validates", "nan-action"])
-def test_a_non_finite_policy_output_skips_the_update_naming_task_and_iteration(validated, tmp_path, capsys,
+@pytest.mark.parametrize("poisoned", ["mean", "std"])
+def test_a_non_finite_policy_output_skips_the_update_naming_task_and_iteration(poisoned, tmp_path, capsys,
                                                                                monkeypatch, state) -> None:
     forward = GaussianMLPPolicy.forward
     shots = {"left": 1}
 
-    def poisoned_forward(self, obs):
+    def poisoned_forward(self, obs, stats_only=False):
         # One acting call (a [K, obs] batch) of the chosen task's worker; the learner's calls are untouched.
-        if obs.dim() == 2 and _worker_bad(state) and shots["left"]:
+        if stats_only and _worker_bad(state) and shots["left"]:
             shots["left"] -= 1
-            mean = self.mean(obs) * math.nan
-            std = torch.exp(self.log_std).expand_as(mean)
-            return Independent(Normal(mean, std, validate_args=validated), 1)
-        return forward(self, obs)
+            mean, std = forward(self, obs, stats_only=True)
+            return (mean * math.nan, std) if poisoned == "mean" else (mean, std * math.inf)
+        return forward(self, obs, stats_only=stats_only)
 
     monkeypatch.setattr(GaussianMLPPolicy, "forward", poisoned_forward)
     run, learner = _train(tmp_path)

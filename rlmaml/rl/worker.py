@@ -36,7 +36,7 @@ from rlmaml.config import Config
 from rlmaml.meta import Params, adapt, all_finite
 from rlmaml.rl.episodes import Episodes
 from rlmaml.rl.objectives import inner_loss, with_advantages
-from rlmaml.rl.policies import act, make_policy, params_from_numpy
+from rlmaml.rl.policies import act, load_params, make_policy, params_from_numpy
 
 
 @dataclass(frozen=True)
@@ -136,12 +136,11 @@ def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env
     mask = np.zeros((horizon, k), dtype=np.float32)
     alive = np.ones(k, dtype=bool)
     steps = horizon
+    load_params(policy, params)  # act with the module itself: no functional_call per step
     for t in range(horizon):
         try:
-            action = act(policy, params, obs, generator)
-        except ValueError as exc:  # torch.distributions' argument check: a NaN mean, std or logits
-            if "invalid values" not in str(exc):
-                raise
+            action = act(policy, None, obs, generator)
+        except FloatingPointError as exc:
             raise NonFiniteSampleError(f"policy output at step {t} is not finite ({_one_line(exc, 120)})") from None
         if action.dtype.kind == "f" and not np.isfinite(action[alive]).all():
             raise NonFiniteSampleError(f"policy output at step {t} is not finite (an action is NaN or inf)")
