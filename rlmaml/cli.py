@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 from rlmaml.config import Config, ConfigError, build_config, field_help, preset_names
 from rlmaml.devices import resolve_device
