@@ -356,6 +356,21 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     return load_checkpoint_bytes(data, str(path), map_location)
 
 
+class Deadline:
+    """``run.time_limit_min`` as a wall-clock deadline (0 minutes: none)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.minutes = minutes
+        self.at = time.monotonic() + 60 * minutes if minutes > 0 else math.inf
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.at
+
+    def report(self, iterations_done: int) -> None:
+        print(f"rlmaml: run.time_limit_min={self.minutes} reached after {iterations_done} iterations; "
+              "a checkpoint was written", file=sys.stderr)
+
+
 class Progress:
     """A tqdm bar on a terminal; plain periodic lines otherwise (logs, CI, Ray jobs)."""
 

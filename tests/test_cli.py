@@ -17,15 +17,6 @@ from rlmaml.runs import RunDir
 
 
 @pytest.fixture
-def one_thread():
-    """Training many tiny ops on a shared 2-core machine is ~10x faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def cwd(tmp_path: Path, monkeypatch) -> Path:
     """Run in an empty folder, so that a default run directory (./runs/...) would show up there."""
     work = tmp_path / "cwd"
@@ -201,3 +192,13 @@ def test_argparse_mistakes_are_one_line_with_exit_code_2(argv, capsys) -> None:
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("rlmaml: error:")
+
+
+def test_a_time_limit_stops_training_with_a_checkpoint(tmp_path: Path, one_thread) -> None:
+    run_dir = tmp_path / "run"
+    code = main(["train", "sinusoid", "run.iterations=1000000", "run.time_limit_min=0.005", f"run.dir={run_dir}"])
+    assert code == 0
+    run = RunDir.open(run_dir)
+    done = len(run.metrics())
+    assert 0 < done < 1_000_000
+    assert run.load_checkpoint()["iteration"] == done - 1

@@ -427,13 +427,6 @@ def test_per_step_batch_norm_uses_one_weight_set_per_inner_step():
 # ---------------------------------------------------------------------------------------------- training
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a small shared CPU, OpenMP threads waiting on each other cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

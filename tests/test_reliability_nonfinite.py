@@ -93,11 +93,8 @@ POISON_ENV = ["rl.env=reliability/PoisonLine-v0", "rl.task_distribution=test_rel
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (see conftest.one_thread)."""
 
 
 @pytest.fixture

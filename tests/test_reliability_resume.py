@@ -159,12 +159,6 @@ def test_resume_past_a_corrupted_latest_checkpoint_warns_and_continues_from_the_
 # ---- PPO: Adam's state travels with the checkpoint ---------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_ppo_resume_restores_adam_state_and_continues_exactly(tmp_path: Path, capsys, one_thread) -> None:

@@ -28,15 +28,6 @@ from rlmaml.runs import (
 
 
 @pytest.fixture
-def one_thread():
-    """Training many tiny ops on a shared 2-core machine is ~10x faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def run(tmp_path: Path) -> RunDir:
     cfg = build_config("sinusoid", [f"run.dir={tmp_path / 'run'}"])
     return RunDir.create(cfg)

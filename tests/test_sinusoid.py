@@ -19,13 +19,6 @@ from rlmaml.supervised.trainer import MetaState, train_supervised
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def one_thread():
-    """Training many tiny ops on a shared 2-core machine is ~10x faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _cfg(tmp_path: Path, preset: str = "sinusoid", *extra: str) -> Config:

@@ -18,7 +18,7 @@ from rlmaml.rl.learner import MetaLearner
 from rlmaml.rl.learner_placement import make_learner
 from rlmaml.rl.samplers import LocalSampler, Sampler
 from rlmaml.rl.worker import TaskRequest, WorkerSpec, import_env_module
-from rlmaml.runs import Progress, RunDir, TrainingStopped, kill_point
+from rlmaml.runs import Deadline, Progress, RunDir, TrainingStopped, kill_point
 from rlmaml.seeding import iteration_rng
 
 
@@ -92,7 +92,7 @@ def train_rl(cfg: Config, run: RunDir, checkpoint: dict[str, Any] | None = None,
     if cfg.run.tensorboard:
         run.enable_tensorboard()
     progress = Progress(cfg.run.iterations, start, cfg.run.log_every, desc=cfg.run.name or "rl")
-    deadline = time.monotonic() + 60 * cfg.run.time_limit_min if cfg.run.time_limit_min else float("inf")
+    deadline = Deadline(cfg.run.time_limit_min)
     try:
         for it in range(start, cfg.run.iterations):
             t0 = time.perf_counter()
@@ -123,13 +123,12 @@ def train_rl(cfg: Config, run: RunDir, checkpoint: dict[str, Any] | None = None,
                 best = metrics["return_post"]
                 best_state = checkpoint_state(cfg, learner, best, it + 1, failures) | {"learner": theta_sampled}
                 run.save_checkpoint(best_state, it, tag="best")
-            out_of_time = time.monotonic() > deadline
+            out_of_time = deadline.expired()
             if (it + 1) % cfg.run.checkpoint_every == 0 or it + 1 == cfg.run.iterations or out_of_time:
                 run.save_checkpoint(checkpoint_state(cfg, learner, best, it + 1, failures), it,
                                     cfg.run.keep_checkpoints)
             if out_of_time:
-                print(f"rlmaml: run.time_limit_min={cfg.run.time_limit_min} reached after {it + 1} iterations",
-                      file=sys.stderr)
+                deadline.report(it + 1)
                 break
     finally:
         progress.close()

@@ -7,7 +7,6 @@ the paper's "pretrained on all tasks" baseline.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from rlmaml.meta import (
     meta_objective,
     multi_step_weights,
 )
-from rlmaml.runs import Progress, RunDir, TrainingStopped
+from rlmaml.runs import Deadline, Progress, RunDir, TrainingStopped
 from rlmaml.seeding import iteration_rng
 from rlmaml.supervised.domain import SupervisedDomain
 
@@ -147,7 +146,7 @@ def train_supervised(cfg: Config, domain: SupervisedDomain, run: RunDir,
         run.enable_tensorboard()
     progress = Progress(cfg.run.iterations, state.iteration, cfg.run.log_every, desc=cfg.run.name or domain.name)
     failures = 0
-    deadline = time.monotonic() + 60 * cfg.run.time_limit_min if cfg.run.time_limit_min else float("inf")
+    deadline = Deadline(cfg.run.time_limit_min)
     try:
         while state.iteration < cfg.run.iterations:
             it = state.iteration
@@ -162,12 +161,11 @@ def train_supervised(cfg: Config, domain: SupervisedDomain, run: RunDir,
                     f"the last good checkpoint in {run.checkpoint_dir} is kept")
             state.iteration = it + 1
             progress.update(it, {"meta_loss": record["meta_loss"]})
-            out_of_time = time.monotonic() > deadline
+            out_of_time = deadline.expired()
             if state.iteration % cfg.run.checkpoint_every == 0 or state.iteration == cfg.run.iterations or out_of_time:
                 run.save_checkpoint(state.to_checkpoint(cfg), it, cfg.run.keep_checkpoints)
             if out_of_time:
-                print(f"rlmaml: run.time_limit_min={cfg.run.time_limit_min} reached after {state.iteration} iterations",
-                      file=sys.stderr)
+                deadline.report(state.iteration)
                 break
     finally:
         progress.close()
