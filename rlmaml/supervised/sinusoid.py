@@ -48,8 +48,22 @@ class SinusoidDomain:
         self.cfg = cfg
 
     def build_model(self, seed: int) -> nn.Module:
-        """The paper's 1-40-40-1 ReLU MLP."""
-        return seeded_init(seed, lambda: mlp([1, *self.cfg.hidden, 1]))
+        """The paper's 1-40-40-1 ReLU MLP, initialised as the original code: weights ~ N(0, 0.01²)
+        truncated at 2 std, biases 0.
+
+        PyTorch's default (Kaiming-uniform) initialisation trained to a sharper solution: with it, 10 test-time
+        steps at K=5 diverged on a few of the 600 test tasks (mean MSE ~1e12 after 10 steps in one 70k run).
+        """
+
+        def build() -> nn.Module:
+            model = mlp([1, *self.cfg.hidden, 1])
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
+                    nn.init.zeros_(layer.bias)
+            return model
+
+        return seeded_init(seed, build)
 
     def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train", shots: int | None = None,
                      queries: int | None = None) -> TaskBatch:
