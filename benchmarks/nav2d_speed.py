@@ -40,10 +40,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="learner torch threads (0: torch default)")
     parser.add_argument("--skip-naive", action="store_true", help="do not time the third-order reference")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. rl.cg_task_fraction=0.2")
     args = parser.parse_args()
     base = build_config(args.env, [])
     tasks = max(1, round(base.optim.meta_batch * args.fraction))
-    cfg = build_config(args.env, [f"optim.meta_batch={tasks}"])
+    cfg = build_config(args.env, [f"optim.meta_batch={tasks}", *args.overrides])
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(cfg.run.device)
@@ -78,7 +79,7 @@ def main() -> None:
 
     t_fast, _ = timed(lambda: learner_step(True), args.repeats)
     t_naive = float("nan") if args.skip_naive else timed(lambda: learner_step(False), 1)[0]
-    print(f"\n{args.env}: {tasks} tasks x {cfg.rl.trajectories} trajectories x H {cfg.rl.horizon}, "
+    print(f"\n{args.env} {' '.join(args.overrides)}: {tasks} tasks x {cfg.rl.trajectories} trajectories x H {cfg.rl.horizon}, "
           f"device {device}, torch threads {torch.get_num_threads()}")
     print(f"{'part':<44} {'seconds':>9}")
     print(f"{'sampling (1 core, ' + str(steps) + ' env steps)':<44} {t_sample:>9.2f}")
