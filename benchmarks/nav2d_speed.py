@@ -79,8 +79,8 @@ def main() -> None:
 
     t_fast, _ = timed(lambda: learner_step(True), args.repeats)
     t_naive = float("nan") if args.skip_naive else timed(lambda: learner_step(False), 1)[0]
-    print(f"\n{args.env} {' '.join(args.overrides)}: {tasks} tasks x {cfg.rl.trajectories} trajectories x H {cfg.rl.horizon}, "
-          f"device {device}, torch threads {torch.get_num_threads()}")
+    print(f"\n{args.env} {' '.join(args.overrides)}: {tasks} tasks x {cfg.rl.trajectories} trajectories "
+          f"x H {cfg.rl.horizon}, device {device}, torch threads {torch.get_num_threads()}")
     print(f"{'part':<44} {'seconds':>9}")
     print(f"{'sampling (1 core, ' + str(steps) + ' env steps)':<44} {t_sample:>9.2f}")
     print(f"{'learner TRPO step, exact J^T F J curvature':<44} {t_fast:>9.2f}")
