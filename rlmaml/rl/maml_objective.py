@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution, kl_divergence
 from torch.func import grad, jvp, vmap
 
 from rlmaml.meta import LossFn, Params, adapt
-from rlmaml.rl.episodes import Episodes, masked_mean
-from rlmaml.rl.objectives import log_probs
+from rlmaml.rl.episodes import Episodes
+from rlmaml.rl.objectives import log_probs, mean_kl, ppo_clip_loss, surrogate_loss
 from rlmaml.rl.policies import flat_params, policy_distribution, set_flat_params
 
 FIELDS = ("observations", "actions", "rewards", "mask", "advantages")
@@ -40,13 +39,6 @@ def stack_episodes(batches: Sequence[Episodes]) -> Stacked:
 def episodes_of(d: Stacked) -> Episodes:
     """One task's ``Episodes`` from a (per-task slice of a) stacked dict."""
     return Episodes(d["observations"], d["actions"], d["rewards"], d["mask"], advantages=d["advantages"])
-
-
-def policy_kl(old: Distribution, new: Distribution) -> Tensor:
-    """KL(old || new) per sample; a vmap-safe form for Categorical (torch's masks out zero probabilities)."""
-    if isinstance(old, Categorical) and isinstance(new, Categorical):
-        return (old.probs * (old.logits - new.logits)).sum(-1)
-    return kl_divergence(old, new)
 
 
 @dataclass
@@ -85,15 +77,11 @@ class MamlRlObjective:
         return params
 
     def _surrogate_one(self, phi: Params, val: Stacked, old_logp: Tensor) -> Tensor:
-        e = episodes_of(val)
-        ratio = torch.exp(log_probs(self.policy, phi, e) - old_logp)
-        return -masked_mean(ratio * e.advantages, e.mask)
+        return surrogate_loss(self.policy, phi, episodes_of(val), old_logp)
 
     def _kl_one(self, phi: Params, phi_old: Params, val: Stacked) -> Tensor:
         old = policy_distribution(self.policy, phi_old, val["observations"])
-        new = policy_distribution(self.policy, phi, val["observations"])
-        kl = policy_kl(old, new)
-        return masked_mean(torch.where(val["mask"] > 0, kl, torch.zeros_like(kl)), val["mask"])
+        return mean_kl(self.policy, old, phi, episodes_of(val))
 
     # ---- over the meta-batch -------------------------------------------------------------------------
     def adapted(self, params: Params) -> Params:
@@ -120,10 +108,7 @@ class MamlRlObjective:
         """Mean over tasks of the PPO/ProMP clipped surrogate on D_val."""
 
         def one(phi: Params, val: Stacked, lp_old: Tensor) -> Tensor:
-            e = episodes_of(val)
-            ratio = torch.exp(log_probs(self.policy, phi, e) - lp_old)
-            objective = torch.minimum(ratio * e.advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * e.advantages)
-            return -masked_mean(objective, e.mask)
+            return ppo_clip_loss(self.policy, phi, episodes_of(val), lp_old, clip)
 
         return vmap(one)(phis, self.batch.val, old_logp).mean()
 

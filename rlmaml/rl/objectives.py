@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Categorical, Distribution, kl_divergence
 
 from rlmaml.meta import LossFn, Params
 from rlmaml.rl.baseline import LinearFeatureBaseline
@@ -121,8 +121,15 @@ def detached_distribution(policy: nn.Module, params: Params, episodes: Episodes)
         return policy_distribution(policy, {n: p.detach() for n, p in params.items()}, episodes.observations)
 
 
+def policy_kl(old: Distribution, new: Distribution) -> Tensor:
+    """KL(old || new) per sample; a vmap-safe form for Categorical (torch's masks out zero probabilities)."""
+    if isinstance(old, Categorical) and isinstance(new, Categorical):
+        return (old.probs * (old.logits - new.logits)).sum(-1)
+    return kl_divergence(old, new)
+
+
 def mean_kl(policy: nn.Module, old: Distribution, params_new: Params, episodes: Episodes) -> Tensor:
     """``mean_valid KL(π_old || π_new)``; ``old`` from ``detached_distribution`` on the same episodes."""
     new = policy_distribution(policy, params_new, episodes.observations)
-    kl = kl_divergence(old, new)
+    kl = policy_kl(old, new)
     return masked_mean(torch.where(episodes.mask > 0, kl, torch.zeros_like(kl)), episodes.mask)
