@@ -38,10 +38,6 @@ class TaskData:
     batches: list[Episodes]
 
     @property
-    def train(self) -> list[Episodes]:
-        return self.batches[:-1]
-
-    @property
     def val(self) -> Episodes:
         return self.batches[-1]
 

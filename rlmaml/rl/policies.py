@@ -18,17 +18,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 from torch.func import functional_call
 
 from rlmaml.meta import Params
-
-
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
-    """A ReLU MLP ``in_dim -> hidden... -> out_dim`` with a linear output layer."""
-    layers: list[nn.Module] = []
-    width = in_dim
-    for h in hidden:
-        layers += [nn.Linear(width, int(h)), nn.ReLU()]
-        width = int(h)
-    layers.append(nn.Linear(width, out_dim))
-    return nn.Sequential(*layers)
+from rlmaml.networks import mlp
 
 
 class GaussianMLPPolicy(nn.Module):

@@ -10,18 +10,9 @@ from torch import Tensor, nn
 
 from rlmaml.config import SinusoidConfig
 from rlmaml.meta import LossFn, Params, model_loss
+from rlmaml.networks import mlp
 from rlmaml.seeding import seeded_init
 from rlmaml.supervised.domain import TaskBatch
-
-
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """A ReLU MLP with the given layer sizes (no activation after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def sample_sinusoids(cfg: SinusoidConfig, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +47,7 @@ class SinusoidDomain:
         """
 
         def build() -> nn.Module:
-            model = mlp([1, *self.cfg.hidden, 1])
+            model = mlp(1, self.cfg.hidden, 1)
             for layer in model:
                 if isinstance(layer, nn.Linear):
                     nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
