@@ -163,7 +163,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rlmaml`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may follow options (``train nav2d --backend local run.iterations=5``): argparse leaves the ones
+    # after an option unparsed; anything else unknown is still a one-line usage error.
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command == "presets":
         print("\n".join(preset_names()))
         return 0

@@ -167,6 +167,9 @@ class RLConfig:
     """Initial policy standard deviation."""
     min_std: float = 1e-6
     """Lower bound on the policy standard deviation."""
+    normalize_actions: bool = True
+    """The policy acts in [-1, 1], rescaled to the env's (finite) Box bounds, as rllab's normalize() did for the
+    paper; init_std is then relative to the action range. False: the policy's action goes to the env as is."""
     inner_loss: str = "reinforce"
     """Inner policy-gradient estimator: 'reinforce' (the paper's) or 'lvc' (unbiased, ProMP)."""
     outer: str = "trpo"

@@ -185,7 +185,15 @@ def test_train_then_eval_writes_eval_json_csv_and_png(tmp_path: Path, capsys, on
     assert (run_dir / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("argv", [["bogus"], ["train", "--nope"], ["eval"]])
+def test_overrides_may_follow_options(tmp_path: Path, capsys, one_thread) -> None:
+    run_dir = tmp_path / "run"
+    assert main(["train", "sinusoid", "--runs-dir", str(tmp_path), "run.iterations=3", f"run.dir={run_dir}",
+                 "run.checkpoint_every=3", *_FAST]) == 0
+    assert len(RunDir.open(run_dir).metrics()) == 3
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["train", "--nope"], ["eval"], ["train", "sinusoid", "--backend", "local",
+                                                                            "stray"]])
 def test_argparse_mistakes_are_one_line_with_exit_code_2(argv, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

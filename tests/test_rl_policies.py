@@ -20,6 +20,7 @@ from rlmaml.rl.policies import (
     params_to_numpy,
     policy_distribution,
     set_flat_params,
+    to_env_actions,
 )
 
 
@@ -122,3 +123,13 @@ def test_numpy_params_round_trip() -> None:
     for name in params:
         torch.testing.assert_close(back[name], params[name].detach())
         assert back[name].is_leaf and back[name].requires_grad
+
+
+def test_to_env_actions_maps_minus_one_one_onto_the_box_and_leaves_unbounded_dims() -> None:
+    box = spaces.Box(low=np.array([-0.1, 0.0, -np.inf]), high=np.array([0.1, 2.0, np.inf]), dtype=np.float32)
+    a = np.array([[-1.0, -1.0, 7.0], [0.0, 0.5, -3.0], [1.0, 1.0, 0.0]], dtype=np.float32)
+    out = to_env_actions(a, box)
+    np.testing.assert_allclose(out, [[-0.1, 0.0, 7.0], [0.0, 1.5, -3.0], [0.1, 2.0, 0.0]], rtol=1e-6)
+    assert out.dtype == np.float32
+    discrete = np.array([1, 0])
+    assert to_env_actions(discrete, spaces.Discrete(2)) is discrete

@@ -106,3 +106,21 @@ def test_learner_meta_step_on_cuda_matches_cpu(tmp_path) -> None:
     assert metrics["cpu"]["accepted"] and metrics["cuda"]["accepted"]
     for k, v in learners["cpu"].params.items():
         torch.testing.assert_close(learners["cuda"].params[k].cpu(), v, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_worker_rescales_policy_actions_onto_the_env_bounds(normalize: bool) -> None:
+    """nav2d's Box is [-0.1, 0.1]: with normalize_actions the env moves by 0.1 x the policy's action (clipped)."""
+    from rlmaml.rl.trainer import make_task_distribution, task_requests
+    from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+
+    cfg = build_config("nav2d", ["optim.meta_batch=1", "rl.trajectories=3", "rl.horizon=5",
+                                 f"rl.normalize_actions={normalize}"])
+    worker = RolloutWorker(WorkerSpec.from_config(cfg))
+    params = {k: v.detach().numpy() for k, v in worker.policy.named_parameters()}
+    request = task_requests(cfg, make_task_distribution(cfg), 0)[0]
+    batch = worker.sample_task(params, request)["episodes"][0]
+    moved = batch["observations"][1] - batch["observations"][0]
+    expected = np.clip(batch["actions"][0] * (0.1 if normalize else 1.0), -0.1, 0.1)
+    np.testing.assert_allclose(moved, expected, atol=1e-6)
+    assert np.abs(batch["actions"][0]).max() > 0.1  # std 1 noise: some actions lie outside the env's own bounds

@@ -139,6 +139,21 @@ def act(
     raise TypeError(f"act does not support policy {type(policy).__name__}")
 
 
+def to_env_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
+    """Map policy actions in [-1, 1] to ``space``'s bounds (rllab's ``normalize``, Gymnasium's ``RescaleAction``).
+
+    Dimensions with an infinite bound and non-Box spaces pass through unchanged; the env still clips.
+    """
+    if not isinstance(space, spaces.Box):
+        return actions
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    bounded = np.isfinite(low) & np.isfinite(high)
+    if not bounded.any():
+        return actions
+    scaled = low + (np.asarray(actions, dtype=np.float64) + 1.0) * 0.5 * (high - low)
+    return np.where(bounded, scaled, actions).astype(np.float32)
+
+
 def flat_params(params: Params) -> Tensor:
     """All parameters concatenated into one vector, in the dict's order (differentiable)."""
     return torch.cat([p.reshape(-1) for p in params.values()])

@@ -140,7 +140,7 @@ def record_episode(cfg: Config, policy: torch.nn.Module, params: dict[str, torch
     from gymnasium.wrappers import RecordVideo
 
     import envs  # noqa: F401
-    from rlmaml.rl.policies import act
+    from rlmaml.rl.policies import act, to_env_actions
 
     target = out_dir / f"{name}-episode-0.mp4"
     target.unlink(missing_ok=True)
@@ -154,6 +154,8 @@ def record_episode(cfg: Config, policy: torch.nn.Module, params: dict[str, torch
         obs, _ = env.reset(seed=cfg.eval.seed)
         for _ in range(cfg.rl.horizon):
             action = act(policy, params, np.asarray(obs)[None], generator, deterministic=True)[0]
+            if cfg.rl.normalize_actions:
+                action = to_env_actions(action[None], env.action_space)[0]
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:
                 break

@@ -36,7 +36,7 @@ from rlmaml.config import Config
 from rlmaml.meta import Params, adapt, all_finite
 from rlmaml.rl.episodes import Episodes
 from rlmaml.rl.objectives import inner_loss, with_advantages
-from rlmaml.rl.policies import act, load_params, make_policy, params_from_numpy
+from rlmaml.rl.policies import act, load_params, make_policy, params_from_numpy, to_env_actions
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,15 @@ class WorkerSpec:
     seed: int
     env_module: str = ""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    normalize_actions: bool = True
 
     @classmethod
     def from_config(cls, cfg: Config) -> WorkerSpec:
         r = cfg.rl
         return cls(env_id=r.env, horizon=r.horizon, trajectories=r.trajectories, hidden=tuple(r.hidden),
                    init_std=r.init_std, min_std=r.min_std, gamma=r.gamma, gae_lambda=r.gae_lambda,
-                   inner_loss=r.inner_loss, seed=cfg.run.seed, env_module=r.env_module)
+                   inner_loss=r.inner_loss, seed=cfg.run.seed, env_module=r.env_module,
+                   normalize_actions=r.normalize_actions)
 
 
 @dataclass(frozen=True)
@@ -120,12 +122,14 @@ def import_env_module(name: str) -> None:
 
 
 def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env_seed: int,
-            generator: torch.Generator) -> dict[str, np.ndarray]:
+            generator: torch.Generator, normalize_actions: bool = True) -> dict[str, np.ndarray]:
     """K trajectories of the env's current task as a time-major padded batch (numpy).
 
     One batched policy forward per time step; a trajectory that terminates or truncates stops being
-    stepped (``active``) and is masked from then on.
+    stepped (``active``) and is masked from then on. The batch holds the policy's own actions; with
+    ``normalize_actions`` the env receives them rescaled from [-1, 1] to its bounds.
     """
+    space = env.single_action_space if normalize_actions else None
     k = env.num_envs
     obs = env.reset(env_seed)
     if not np.isfinite(obs).all():
@@ -147,7 +151,8 @@ def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env
         obs_buf[t] = obs
         actions.append(action)
         mask[t] = alive
-        obs, reward, terminated, truncated, _ = env.step(action, active=alive)
+        env_action = action if space is None else to_env_actions(action, space)
+        obs, reward, terminated, truncated, _ = env.step(env_action, active=alive)
         rewards[t] = np.where(alive, reward, 0.0)
         alive = alive & ~(np.asarray(terminated) | np.asarray(truncated))
         if not alive.any():
@@ -226,7 +231,8 @@ class RolloutWorker:
         env_seed, noise_seed = task_seeds(self.spec.seed, request.iteration, request.task_index, request.stream)
         generator = torch.Generator().manual_seed(noise_seed)
         params = params_from_numpy(weights)
-        batches = [_in_batch(0, rollout, env, self.policy, params, self.spec.horizon, env_seed, generator)]
+        batches = [_in_batch(0, rollout, env, self.policy, params, self.spec.horizon, env_seed, generator,
+                             self.spec.normalize_actions)]
         for step, lr in enumerate(request.lrs):
             episodes = with_advantages(Episodes.from_numpy(batches[-1]), self.spec.gamma, self.spec.gae_lambda)
             params = {k: v.detach() for k, v in
@@ -234,7 +240,7 @@ class RolloutWorker:
             if not all_finite(params):
                 raise NonFiniteSampleError(f"inner gradient step {step + 1} gave non-finite adapted parameters φ")
             batches.append(_in_batch(step + 1, rollout, env, self.policy, params, self.spec.horizon,
-                                     env_seed + (step + 1) * env.num_envs, generator))
+                                     env_seed + (step + 1) * env.num_envs, generator, self.spec.normalize_actions))
         return batches
 
 
