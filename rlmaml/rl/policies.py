@@ -13,7 +13,7 @@ untrained policy's return was -103 instead of the paper's -82.7, and training pl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -144,19 +144,28 @@ def act(
     raise TypeError(f"act does not support policy {type(policy).__name__}")
 
 
-def to_env_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
-    """Map policy actions in [-1, 1] to ``space``'s bounds (rllab's ``normalize``, Gymnasium's ``RescaleAction``).
+def action_rescaler(space: spaces.Space) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The map from policy actions in [-1, 1] to ``space``'s bounds (rllab's ``normalize``, Gymnasium's
+    ``RescaleAction``), built once per rollout; None where it is the identity.
 
-    Dimensions with an infinite bound and non-Box spaces pass through unchanged; the env still clips.
+    Dimensions with an infinite bound pass through unchanged; non-Box spaces and [-1, 1] boxes need no map.
+    The env still clips.
     """
     if not isinstance(space, spaces.Box):
-        return actions
+        return None
     low, high = space.low.astype(np.float64), space.high.astype(np.float64)
     bounded = np.isfinite(low) & np.isfinite(high)
-    if not bounded.any():
-        return actions
-    scaled = low + (np.asarray(actions, dtype=np.float64) + 1.0) * 0.5 * (high - low)
-    return np.where(bounded, scaled, actions).astype(np.float32)
+    scale = np.where(bounded, 0.5 * (high - low), 1.0)
+    offset = np.where(bounded, low + scale, 0.0)
+    if np.all(scale == 1.0) and np.all(offset == 0.0):
+        return None
+    return lambda actions: (offset + scale * np.asarray(actions, dtype=np.float64)).astype(np.float32)
+
+
+def to_env_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
+    """Policy actions in [-1, 1] mapped onto ``space`` (see :func:`action_rescaler`)."""
+    rescale = action_rescaler(space)
+    return actions if rescale is None else rescale(actions)
 
 
 def flat_params(params: Params) -> Tensor:

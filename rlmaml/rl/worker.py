@@ -36,7 +36,7 @@ from rlmaml.config import Config
 from rlmaml.meta import Params, adapt, all_finite
 from rlmaml.rl.episodes import Episodes
 from rlmaml.rl.objectives import inner_loss, with_advantages
-from rlmaml.rl.policies import act, load_params, make_policy, params_from_numpy, to_env_actions
+from rlmaml.rl.policies import act, action_rescaler, load_params, make_policy, params_from_numpy
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env
     stepped (``active``) and is masked from then on. The batch holds the policy's own actions; with
     ``normalize_actions`` the env receives them rescaled from [-1, 1] to its bounds.
     """
-    space = env.single_action_space if normalize_actions else None
+    rescale = action_rescaler(env.single_action_space) if normalize_actions else None  # once, not per step
     k = env.num_envs
     obs = env.reset(env_seed)
     if not np.isfinite(obs).all():
@@ -151,7 +151,7 @@ def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env
         obs_buf[t] = obs
         actions.append(action)
         mask[t] = alive
-        env_action = action if space is None else to_env_actions(action, space)
+        env_action = action if rescale is None else rescale(action)
         obs, reward, terminated, truncated, _ = env.step(env_action, active=alive)
         rewards[t] = np.where(alive, reward, 0.0)
         alive = alive & ~(np.asarray(terminated) | np.asarray(truncated))
