@@ -3,7 +3,8 @@
     python benchmarks/nav2d_speed.py                     # nav2d: 20 tasks x 20 trajectories x H 100
     python benchmarks/nav2d_speed.py --env halfcheetah-vel --fraction 0.25
 
-Prints the sampling time (in-process RolloutWorker, one core), the learner's TRPO step with the exact
+Prints the sampling time (in-process RolloutWorker, one core, every task in one batched call as the local
+sampler does), the learner's TRPO step with the exact
 J^T F J curvature (rlmaml's default), the same step with naive double backprop through the adapted KL
 (third order), and the total. Goal for nav2d: at most 1 s per meta-iteration on a 2-core CPU; the most used
 PyTorch MAML-TRPO implementation takes about 10 s at the same sizes (REFERENCE.md).
@@ -53,7 +54,7 @@ def main() -> None:
     requests = task_requests(cfg, make_task_distribution(cfg), 0)
     weights = learner.weights()
 
-    t_sample, results = timed(lambda: [worker.sample_task(weights, r) for r in requests], args.repeats)
+    t_sample, results = timed(lambda: worker.sample_tasks(weights, requests), args.repeats)
     steps = sum(r["env_steps"] for r in results)
 
     def learner_step(fast: bool) -> dict:

@@ -113,6 +113,10 @@ def state(monkeypatch) -> dict[str, Any]:
 
     monkeypatch.setattr(MetaLearner, "step", tracked_step)
     monkeypatch.setattr(worker_module.RolloutWorker, "sample_task", tracked_sample_task)
+    # One task per worker call (as the Ray actors sample), so an injection can target one task's forward;
+    # the env-output tests poison by goal and so also cover the local sampler's batched call and fallback.
+    monkeypatch.setattr(worker_module.RolloutWorker, "sample_tasks",
+                        lambda self, weights, requests: [self.sample_task(weights, r) for r in requests])
     return current
 
 
@@ -250,8 +254,12 @@ def test_a_non_finite_hessian_vector_product_skips_the_update(tmp_path, capsys, 
 
 def test_a_non_finite_conjugate_gradient_result_skips_the_update(tmp_path, capsys, monkeypatch, state) -> None:
     cg = trpo.conjugate_gradient
-    monkeypatch.setattr(trpo, "conjugate_gradient",
-                        lambda *a, **k: cg(*a, **k) * (math.nan if _learner_bad(state) else 1.0))
+
+    def poisoned(*a, **k):
+        x, r = cg(*a, **k)
+        return x * (math.nan if _learner_bad(state) else 1.0), r
+
+    monkeypatch.setattr(trpo, "conjugate_gradient", poisoned)
     run, learner = _train(tmp_path)
     _assert_skipped_and_theta_kept(run, learner, capsys, "non-finite CG")
 

@@ -124,3 +124,32 @@ def test_worker_rescales_policy_actions_onto_the_env_bounds(normalize: bool) -> 
     expected = np.clip(batch["actions"][0] * (0.1 if normalize else 1.0), -0.1, 0.1)
     np.testing.assert_allclose(moved, expected, atol=1e-6)
     assert np.abs(batch["actions"][0]).max() > 0.1  # std 1 noise: some actions lie outside the env's own bounds
+
+
+@pytest.mark.parametrize("user_env", [False, True], ids=["nav2d", "user-env"])
+def test_sample_tasks_gives_each_task_the_data_sample_task_gives_it(user_env: bool) -> None:
+    """The local sampler's batched call (one forward per step for every task, φ under vmap) returns, task by
+    task, what one call per task returns: seeds and noise are per task, early-finishing tasks stop stepping."""
+    from rlmaml.rl.trainer import make_task_distribution, task_requests
+    from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+
+    overrides = ["optim.meta_batch=4", "rl.trajectories=3", "rl.horizon=30", "maml.inner_steps=2"]
+    if user_env:  # the user's own env (PointLineEnv above), through the generic serial batched env
+        overrides += ["rl.env=userland/PointLine-v0", "rl.task_distribution=test_rl_training:LineGoals",
+                      "rl.horizon=20"]
+    cfg = build_config("nav2d", overrides)
+    worker = RolloutWorker(WorkerSpec.from_config(cfg))
+    torch.manual_seed(0)
+    weights = {k: v.detach().numpy() + 0.1 * np.random.default_rng(0).normal(size=v.shape).astype(np.float32)
+               for k, v in worker.policy.named_parameters()}
+    requests = task_requests(cfg, make_task_distribution(cfg), 3)
+    together = worker.sample_tasks(weights, requests)
+    one_by_one = [worker.sample_task(weights, r) for r in requests]
+    assert [r["task_index"] for r in together] == [r.task_index for r in requests]
+    for a, b in zip(together, one_by_one, strict=True):
+        assert a["valid"] and a["env_steps"] == b["env_steps"] and len(a["episodes"]) == 3
+        for batch_a, batch_b in zip(a["episodes"], b["episodes"], strict=True):
+            for key in batch_b:
+                np.testing.assert_allclose(batch_a[key], batch_b[key], atol=1e-5, err_msg=key)
+    # the tasks really differ (else the test could not tell them apart)
+    assert not np.allclose(together[0]["episodes"][1]["observations"], together[1]["episodes"][1]["observations"])

@@ -133,6 +133,19 @@ def test_conjugate_gradient_solves_a_known_spd_system() -> None:
     torch.testing.assert_close(x, x_true)
 
 
+def test_conjugate_gradient_residual_is_b_minus_ax_after_few_iterations() -> None:
+    # TRPO scales its step with xᵀAx = xᵀ(b - r) instead of one more product with A: r must be b - A x
+    # also when CG stops early (3 of 8 iterations), not only at convergence.
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    a = m @ m.T + 0.1 * torch.eye(8, dtype=torch.float64)
+    b = torch.randn(8, generator=g, dtype=torch.float64)
+    x, r = conjugate_gradient(lambda v: a @ v, b, iters=3, with_residual=True)
+    torch.testing.assert_close(r, b - a @ x)
+    torch.testing.assert_close(x.dot(b - r), x.dot(a @ x))
+    assert float((b - a @ x).norm()) > 1e-3  # it really stopped early
+
+
 def test_conjugate_gradient_of_zero_rhs_is_zero() -> None:
     x = conjugate_gradient(lambda v: 2 * v, torch.zeros(3))
     assert bool((x == 0).all())

@@ -149,7 +149,8 @@ class MetaLearner:
         bad_phi = self._nonfinite_phi(phis_old, tasks)
         if bad_phi:
             return _skipped(bad_phi)
-        cache: dict[str, Any] = {"key": None, "phis": None}
+        # φ(θ) is known already: the surrogate before the step needs no second adaptation.
+        cache: dict[str, Any] = {"key": self.params, "phis": phis_old}
 
         def adapted(params: Params) -> Params:
             # The line search evaluates surrogate and KL at the same candidate: adapt once per candidate.

@@ -59,7 +59,7 @@ class GaussianMLPPolicy(nn.Module):
         std = torch.exp(self.log_std.clamp(min=self.min_log_std)).expand_as(mean)
         if stats_only:
             return mean, std
-        return Independent(Normal(mean, std), 1)
+        return Independent(Normal(mean, std, validate_args=False), 1, validate_args=False)
 
 
 class CategoricalMLPPolicy(nn.Module):
@@ -74,7 +74,7 @@ class CategoricalMLPPolicy(nn.Module):
     def forward(self, obs: Tensor, stats_only: bool = False) -> Distribution | tuple[Tensor]:
         """``Categorical`` over the last dimension of the logits (``(logits,)`` with ``stats_only``)."""
         logits = self.logits(obs)
-        return (logits,) if stats_only else Categorical(logits=logits)
+        return (logits,) if stats_only else Categorical(logits=logits, validate_args=False)
 
 
 def make_policy(
@@ -127,8 +127,20 @@ def act(
         x = torch.as_tensor(np.asarray(obs), dtype=ref.dtype, device=ref.device)
         kwargs = {"stats_only": True}
         stats = policy(x, **kwargs) if params is None else functional_call(policy, params, (x,), kwargs)
-        if not all(bool(torch.isfinite(t).all()) for t in stats):
-            raise FloatingPointError("policy output is not finite (NaN or inf in the action distribution)")
+        check_stats(stats)
+        return sample_actions(policy, stats, generator, deterministic)
+
+
+def check_stats(stats: Sequence[Tensor]) -> None:
+    """Raise FloatingPointError if a policy output (``stats_only``) holds a NaN or inf."""
+    if not all(bool(torch.isfinite(t).all()) for t in stats):
+        raise FloatingPointError("policy output is not finite (NaN or inf in the action distribution)")
+
+
+def sample_actions(policy: nn.Module, stats: Sequence[Tensor], generator: torch.Generator,
+                   deterministic: bool = False) -> np.ndarray:
+    """Actions for the rows of a policy's ``stats_only`` output, drawn with ``generator`` (see :func:`act`)."""
+    with torch.no_grad():
         if isinstance(policy, GaussianMLPPolicy):
             mean, std = stats
             action = mean if deterministic else torch.normal(mean, std, generator=generator)

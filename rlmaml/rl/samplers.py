@@ -36,15 +36,14 @@ class Sampler(Protocol):
 
 
 class LocalSampler:
-    """One in-process ``RolloutWorker``; requests run one after another."""
+    """One in-process ``RolloutWorker``; the requests of a call are sampled together (``sample_tasks``)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.worker = RolloutWorker(spec)
 
     def sample(self, weights: dict[str, np.ndarray], version: int,
                requests: Sequence[TaskRequest]) -> Iterator[dict[str, Any]]:
-        for request in requests:
-            yield self.worker.sample_task(weights, request)
+        yield from self.worker.sample_tasks(weights, requests)
 
     def spaces(self) -> tuple[Any, Any]:
         return self.worker.spaces()

@@ -80,9 +80,14 @@ def hessian_vector_product(
 
 
 def conjugate_gradient(
-    Avp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, residual_tol: float = 1e-10
-) -> Tensor:
-    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given only ``v -> A v``."""
+    Avp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, residual_tol: float = 1e-10,
+    with_residual: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given only ``v -> A v``.
+
+    ``with_residual`` also returns the residual ``r = b - A x`` that CG keeps up to date, so that ``xᵀ A x =
+    xᵀ (b - r)`` needs no further product with ``A`` (TRPO's step scaling saves one Hessian-vector product).
+    """
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
@@ -97,7 +102,7 @@ def conjugate_gradient(
         rr_new = r.dot(r)
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return (x, r) if with_residual else x
 
 
 def trpo_step(
@@ -149,8 +154,8 @@ def trpo_step(
 
     if hvp is None:
         hvp = hessian_vector_product(lambda: kl_fn(params), leaves, cfg.cg_damping)
-    x = conjugate_gradient(hvp, -g, cfg.cg_iters)
-    xhx = float(x.dot(hvp(x))) if all_finite(x) else nan
+    x, r = conjugate_gradient(hvp, -g, cfg.cg_iters, with_residual=True)
+    xhx = float(x.dot(-g - r)) if all_finite([x, r]) else nan  # xᵀHx = xᵀ(b - r): no extra product
     del hvp  # frees the KL graph before the line search
     if not math.isfinite(xhx):
         return skipped("non-finite CG", before, gnorm)

@@ -25,18 +25,26 @@ import contextlib
 import importlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch.func import functional_call, vmap
 
 from rlmaml.config import Config
 from rlmaml.meta import Params, adapt, all_finite
 from rlmaml.rl.episodes import Episodes
 from rlmaml.rl.objectives import inner_loss, with_advantages
-from rlmaml.rl.policies import act, action_rescaler, load_params, make_policy, params_from_numpy
+from rlmaml.rl.policies import (
+    action_rescaler,
+    check_stats,
+    load_params,
+    make_policy,
+    params_from_numpy,
+    sample_actions,
+)
 
 
 @dataclass(frozen=True)
@@ -129,40 +137,72 @@ def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env
     stepped (``active``) and is masked from then on. The batch holds the policy's own actions; with
     ``normalize_actions`` the env receives them rescaled from [-1, 1] to its bounds.
     """
-    rescale = action_rescaler(env.single_action_space) if normalize_actions else None  # once, not per step
-    k = env.num_envs
-    obs = env.reset(env_seed)
-    if not np.isfinite(obs).all():
+    return rollout_tasks([env], policy, params, horizon, [env_seed], [generator], normalize_actions)[0]
+
+
+def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params | Sequence[Params], horizon: int,
+                  env_seeds: Sequence[int], generators: Sequence[torch.Generator],
+                  normalize_actions: bool = True) -> list[dict[str, np.ndarray]]:
+    """:func:`rollout` for M tasks at once (one batched env each): one policy forward per time step for all.
+
+    ``params`` is θ shared by every task, or one φ per task (the forward then runs under ``vmap``). Each
+    task draws its action noise from its own generator and stops being stepped when all its trajectories
+    are done, so its batch does not depend on which other tasks it was sampled with.
+    """
+    m = len(envs)
+    if not isinstance(params, Mapping) and len(params) == 1:
+        params = params[0]  # one task: the plain module forward, no vmap
+    shared = isinstance(params, Mapping)
+    rescale = action_rescaler(envs[0].single_action_space) if normalize_actions else None  # once, not per step
+    k = envs[0].num_envs
+    obs = [env.reset(seed) for env, seed in zip(envs, env_seeds, strict=True)]
+    if not all(np.isfinite(o).all() for o in obs):
         raise NonFiniteSampleError("reset returned a non-finite observation")
-    obs_buf = np.zeros((horizon, k, obs.shape[-1]), dtype=np.float32)
-    actions: list[np.ndarray] = []
-    rewards = np.zeros((horizon, k), dtype=np.float32)
-    mask = np.zeros((horizon, k), dtype=np.float32)
-    alive = np.ones(k, dtype=bool)
-    steps = horizon
-    load_params(policy, params)  # act with the module itself: no functional_call per step
+    obs_buf = np.zeros((m, horizon, k, obs[0].shape[-1]), dtype=np.float32)
+    actions: list[list[np.ndarray]] = [[] for _ in range(m)]
+    rewards = np.zeros((m, horizon, k), dtype=np.float32)
+    mask = np.zeros((m, horizon, k), dtype=np.float32)
+    alive = np.ones((m, k), dtype=bool)
+    if shared:
+        load_params(policy, params)  # act with the module itself: no functional_call per step
+        stats_of = policy
+    else:
+        stacked = {name: torch.stack([p[name] for p in params]) for name in params[0]}
+        batched = vmap(lambda p, x: functional_call(policy, p, (x,), {"stats_only": True}))
+        stats_of = None
     for t in range(horizon):
+        running = [i for i in range(m) if alive[i].any()]
+        if not running:
+            break
+        with torch.no_grad():
+            x = torch.as_tensor(np.stack(obs), dtype=torch.float32)
+            if stats_of is not None:
+                stats = tuple(s.reshape(m, k, *s.shape[1:]) for s in stats_of(x.reshape(m * k, -1), stats_only=True))
+            else:
+                stats = batched(stacked, x)
         try:
-            action = act(policy, None, obs, generator)
+            check_stats(stats)
         except FloatingPointError as exc:
             raise NonFiniteSampleError(f"policy output at step {t} is not finite ({_one_line(exc, 120)})") from None
-        if action.dtype.kind == "f" and not np.isfinite(action[alive]).all():
-            raise NonFiniteSampleError(f"policy output at step {t} is not finite (an action is NaN or inf)")
-        obs_buf[t] = obs
-        actions.append(action)
-        mask[t] = alive
-        env_action = action if rescale is None else rescale(action)
-        obs, reward, terminated, truncated, _ = env.step(env_action, active=alive)
-        rewards[t] = np.where(alive, reward, 0.0)
-        alive = alive & ~(np.asarray(terminated) | np.asarray(truncated))
-        if not alive.any():
-            steps = t + 1
-            break
-    action_buf = np.stack(actions)
-    if steps < horizon:  # pad the action buffer like the others
-        pad = np.zeros((horizon - steps, *action_buf.shape[1:]), dtype=action_buf.dtype)
-        action_buf = np.concatenate([action_buf, pad])
-    return {"observations": obs_buf, "actions": action_buf, "rewards": rewards, "mask": mask}
+        for i in running:
+            action = sample_actions(policy, [s[i] for s in stats], generators[i])
+            if action.dtype.kind == "f" and not np.isfinite(action[alive[i]]).all():
+                raise NonFiniteSampleError(f"policy output at step {t} is not finite (an action is NaN or inf)")
+            obs_buf[i, t] = obs[i]
+            actions[i].append(action)
+            mask[i, t] = alive[i]
+            env_action = action if rescale is None else rescale(action)
+            obs[i], reward, terminated, truncated, _ = envs[i].step(env_action, active=alive[i])
+            rewards[i, t] = np.where(alive[i], reward, 0.0)
+            alive[i] = alive[i] & ~(np.asarray(terminated) | np.asarray(truncated))
+    out = []
+    for i in range(m):
+        action_buf = np.stack(actions[i])
+        if len(action_buf) < horizon:  # pad the action buffer like the others
+            pad = np.zeros((horizon - len(action_buf), *action_buf.shape[1:]), dtype=action_buf.dtype)
+            action_buf = np.concatenate([action_buf, pad])
+        out.append({"observations": obs_buf[i], "actions": action_buf, "rewards": rewards[i], "mask": mask[i]})
+    return out
 
 
 class RolloutWorker:
@@ -175,19 +215,20 @@ class RolloutWorker:
             torch.set_num_threads(num_threads)
         import_env_module(spec.env_module)
         self.spec = spec
-        self._envs: dict[int, Any] = {}
+        self._envs: dict[tuple[int, int], Any] = {}
         probe = self._env(spec.trajectories)
         self.observation_space = probe.single_observation_space
         self.action_space = probe.single_action_space
         self.policy = make_policy(self.observation_space, self.action_space, spec.hidden, spec.init_std, spec.min_std)
         self.inner_loss = inner_loss(self.policy, spec.inner_loss)  # type: ignore[arg-type]
 
-    def _env(self, k: int) -> Any:
+    def _env(self, k: int, slot: int = 0) -> Any:
+        """The batched env of ``k`` trajectories for the ``slot``-th task of a call (built once, then reused)."""
         from envs import make_batched
 
-        if k not in self._envs:
-            self._envs[k] = make_batched(self.spec.env_id, k, **self.spec.env_kwargs)
-        return self._envs[k]
+        if (k, slot) not in self._envs:
+            self._envs[(k, slot)] = make_batched(self.spec.env_id, k, **self.spec.env_kwargs)
+        return self._envs[(k, slot)]
 
     def pid(self) -> int:
         """The worker's process id (tests kill it to inject a fault)."""
@@ -205,7 +246,7 @@ class RolloutWorker:
         start = time.perf_counter()
         try:
             with torch_threads(1):
-                batches = self._sample(weights, request)
+                (batches,) = self._sample(weights, [request])
         except Exception as exc:
             if request.invalid_ok and isinstance(exc, FloatingPointError):
                 return self._invalid(request, exc, start)
@@ -225,23 +266,56 @@ class RolloutWorker:
                 "episodes": [], "env_steps": 0, "sample_time_s": time.perf_counter() - start,
                 "pid": os.getpid(), "valid": False, "reason": reason}
 
-    def _sample(self, weights: dict[str, np.ndarray], request: TaskRequest) -> list[dict[str, np.ndarray]]:
-        env = self._env(request.trajectories or self.spec.trajectories)
-        env.set_task(request.task)
-        env_seed, noise_seed = task_seeds(self.spec.seed, request.iteration, request.task_index, request.stream)
-        generator = torch.Generator().manual_seed(noise_seed)
-        params = params_from_numpy(weights)
-        batches = [_in_batch(0, rollout, env, self.policy, params, self.spec.horizon, env_seed, generator,
-                             self.spec.normalize_actions)]
-        for step, lr in enumerate(request.lrs):
-            episodes = with_advantages(Episodes.from_numpy(batches[-1]), self.spec.gamma, self.spec.gae_lambda)
-            params = {k: v.detach() for k, v in
-                      adapt(self.inner_loss, params, episodes, steps=1, lr=lr, first_order=True).items()}
-            if not all_finite(params):
-                raise NonFiniteSampleError(f"inner gradient step {step + 1} gave non-finite adapted parameters φ")
-            batches.append(_in_batch(step + 1, rollout, env, self.policy, params, self.spec.horizon,
-                                     env_seed + (step + 1) * env.num_envs, generator, self.spec.normalize_actions))
-        return batches
+    def sample_tasks(self, weights: dict[str, np.ndarray], requests: Sequence[TaskRequest]) -> list[dict[str, Any]]:
+        """:meth:`sample_task` for several tasks at once: each time step runs one policy forward for all of
+        them (:func:`rollout_tasks`), which is most of the sampling time for cheap envs such as nav2d.
+
+        Each task's data is the same as from :meth:`sample_task` up to float rounding in the batched
+        forward. Requests that differ in trajectories or inner steps, and any failure in the batched call, go
+        through :meth:`sample_task` one by one, which attributes an error or a non-finite number to its task.
+        """
+        requests = list(requests)
+        if len(requests) < 2 or len({(r.trajectories or self.spec.trajectories, r.lrs) for r in requests}) > 1:
+            return [self.sample_task(weights, r) for r in requests]
+        start = time.perf_counter()
+        try:
+            with torch_threads(1):
+                per_task = self._sample(weights, requests)
+        except Exception:
+            return [self.sample_task(weights, r) for r in requests]
+        seconds = (time.perf_counter() - start) / len(requests)
+        return [{"iteration": r.iteration, "task_index": r.task_index, "task": r.task, "episodes": batches,
+                 "env_steps": int(sum(b["mask"].sum() for b in batches)), "sample_time_s": seconds,
+                 "pid": os.getpid(), "valid": True} for r, batches in zip(requests, per_task, strict=True)]
+
+    def _sample(self, weights: dict[str, np.ndarray], requests: Sequence[TaskRequest]
+                ) -> list[list[dict[str, np.ndarray]]]:
+        """Every request's episode batches ``[D_0, ..., D_steps]``; the requests share trajectories and lrs."""
+        k = requests[0].trajectories or self.spec.trajectories
+        envs = [self._env(k, slot) for slot in range(len(requests))]
+        seeds = [task_seeds(self.spec.seed, r.iteration, r.task_index, r.stream) for r in requests]
+        generators = [torch.Generator().manual_seed(noise_seed) for _, noise_seed in seeds]
+        for env, r in zip(envs, requests, strict=True):
+            env.set_task(r.task)
+        spec = self.spec
+        params: Params | list[Params] = params_from_numpy(weights)
+        batches = [_in_batch(0, rollout_tasks, envs, self.policy, params, spec.horizon, [s for s, _ in seeds],
+                             generators, spec.normalize_actions)]
+        for step, lr in enumerate(requests[0].lrs):
+            thetas = params if isinstance(params, list) else [params] * len(requests)
+            params = [self._adapt(theta, batch, lr, step) for theta, batch in zip(thetas, batches[-1], strict=True)]
+            batches.append(_in_batch(step + 1, rollout_tasks, envs, self.policy, params, spec.horizon,
+                                     [s + (step + 1) * k for s, _ in seeds], generators, spec.normalize_actions))
+        return [list(task) for task in zip(*batches, strict=True)]
+
+    def _adapt(self, params: Params, batch: dict[str, np.ndarray], lr: float, step: int) -> Params:
+        """φ after one first-order inner step on one episode batch (baseline fitted on it)."""
+        episodes = with_advantages(Episodes.from_numpy(batch), self.spec.gamma, self.spec.gae_lambda)
+        phi = {k: v.detach() for k, v in adapt(self.inner_loss, params, episodes, steps=1, lr=lr,
+                                               first_order=True).items()}
+        if not all_finite(phi):
+            raise NonFiniteSampleError(f"inner gradient step {step + 1} gave non-finite adapted parameters φ")
+        return phi
 
 
 def _in_batch(index: int, fn: Any, *args: Any) -> Any:
