@@ -57,8 +57,12 @@ class GaussianMLPPolicy(nn.Module):
         """
         mean = self.mean(obs)
         std = torch.exp(self.log_std.clamp(min=self.min_log_std)).expand_as(mean)
-        if stats_only:
-            return mean, std
+        return (mean, std) if stats_only else self.distribution((mean, std))
+
+    @staticmethod
+    def distribution(stats: Sequence[Tensor]) -> Distribution:
+        """The action distribution of a ``stats_only`` output ``(mean, std)``."""
+        mean, std = stats
         return Independent(Normal(mean, std, validate_args=False), 1, validate_args=False)
 
 
@@ -74,7 +78,12 @@ class CategoricalMLPPolicy(nn.Module):
     def forward(self, obs: Tensor, stats_only: bool = False) -> Distribution | tuple[Tensor]:
         """``Categorical`` over the last dimension of the logits (``(logits,)`` with ``stats_only``)."""
         logits = self.logits(obs)
-        return (logits,) if stats_only else Categorical(logits=logits, validate_args=False)
+        return (logits,) if stats_only else self.distribution((logits,))
+
+    @staticmethod
+    def distribution(stats: Sequence[Tensor]) -> Distribution:
+        """The action distribution of a ``stats_only`` output ``(logits,)``."""
+        return Categorical(logits=stats[0], validate_args=False)
 
 
 def make_policy(
@@ -93,6 +102,12 @@ def make_policy(
     if isinstance(action_space, spaces.Discrete):
         return CategoricalMLPPolicy(obs_dim, int(action_space.n), hidden)
     raise TypeError(f"unsupported action space {action_space!r}")
+
+
+def policy_stats(policy: nn.Module, params: Params, obs: Tensor) -> tuple[Tensor, ...]:
+    """The ``stats_only`` output of ``policy`` run with ``params`` on ``obs``: the tensors its distribution is
+    built from (``policy.distribution(stats)``)."""
+    return functional_call(policy, params, (obs,), {"stats_only": True})
 
 
 def policy_distribution(policy: nn.Module, params: Params, obs: Tensor) -> Distribution:

@@ -27,11 +27,12 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from rlmaml.config import Config
 from rlmaml.meta import Params, adapt, all_finite
@@ -43,6 +44,7 @@ from rlmaml.rl.policies import (
     load_params,
     make_policy,
     params_from_numpy,
+    policy_stats,
     sample_actions,
 )
 
@@ -168,7 +170,7 @@ def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params |
         stats_of = policy
     else:
         stacked = {name: torch.stack([p[name] for p in params]) for name in params[0]}
-        batched = vmap(lambda p, x: functional_call(policy, p, (x,), {"stats_only": True}))
+        batched = vmap(partial(policy_stats, policy))
         stats_of = None
     for t in range(horizon):
         running = [i for i in range(m) if alive[i].any()]
