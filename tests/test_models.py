@@ -1,10 +1,10 @@
-"""The Omniglot networks: shapes, batch statistics, functional transforms and per-step batch norm."""
+"""The networks: Omniglot's (shapes, batch statistics, functional transforms, per-step batch norm) and the MLP."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jvp, vmap
 from torch.nn import functional as F
 
 from rlmaml.meta import meta_objective, model_loss, params_of
@@ -137,3 +137,26 @@ def test_unknown_network_kind_is_rejected():
 def test_batch_norm_rejects_an_unknown_implementation():
     with pytest.raises(ValueError, match="impl"):
         BatchNorm(4, impl="cudnn")
+
+
+def test_mlp_relu_matches_torch_relu_in_value_gradient_and_hessian_vector_product() -> None:
+    """networks.ReLU (clamp form, cheaper double backprop) is nn.ReLU to second order, away from exactly 0."""
+    from rlmaml.networks import mlp
+
+    torch.manual_seed(0)
+    net = mlp(3, (16, 16), 2).double()
+    reference = torch.nn.Sequential(*[torch.nn.ReLU() if isinstance(m, torch.nn.ReLU) else m for m in net])
+    assert any(type(m) is not torch.nn.ReLU and isinstance(m, torch.nn.ReLU) for m in net)
+    x = torch.randn(32, 3, dtype=torch.float64)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    v = {k: torch.randn_like(p) for k, p in params.items()}
+
+    def loss(module: torch.nn.Module):
+        return lambda p: (functional_call(module, p, (x,)) ** 2).sum()
+
+    torch.testing.assert_close(net(x), reference(x))
+    g, hv = jvp(grad(loss(net)), (params,), (v,))
+    g_ref, hv_ref = jvp(grad(loss(reference)), (params,), (v,))
+    for k in params:
+        torch.testing.assert_close(g[k], g_ref[k])
+        torch.testing.assert_close(hv[k], hv_ref[k])
