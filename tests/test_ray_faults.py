@@ -48,11 +48,11 @@ def env_seed(task_index: int) -> int:
 
 @pytest.fixture(scope="module")
 def reference():
-    """θ and the unfaulted results (in-process, no faults) of 6 tasks."""
+    """θ and the unfaulted results (in-process, no faults, one task per call as on the actors) of 6 tasks."""
     local = LocalSampler(spec())
     cfg = build_config("nav2d", ["rl.hidden=[16,16]", f"run.seed={SEED}"])
     weights = MetaLearner(cfg, *local.spaces(), torch.device("cpu")).weights()
-    return weights, list(local.sample(weights, 0, requests(6)))
+    return weights, [local.worker.sample_task(weights, r) for r in requests(6)]
 
 
 class Faulty:
