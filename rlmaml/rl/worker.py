@@ -1,4 +1,4 @@
-"""``RolloutWorker``: samples one task's pre- and post-adaptation trajectories.
+"""``RolloutWorker``: samples a task's pre- and post-adaptation trajectories.
 
 A plain class: :class:`rlmaml.rl.samplers.LocalSampler` runs it in-process and
 :class:`rlmaml.rl.samplers.RaySampler` wraps it in ``ray.remote`` unchanged (RLlib's EnvRunner split). It owns
@@ -10,7 +10,8 @@ a batched env of K trajectories and a CPU copy of the policy. For one task it
 3. samples K trajectories with φ (repeated for more than one inner step);
 
 and returns every episode batch as numpy. Its randomness derives from (run seed, iteration, task index),
-so a retried call returns exactly the same data.
+so a retried call returns exactly the same data. ``sample_tasks`` does the same for several tasks in one call,
+one policy forward per time step for all of them (the local sampler's path; each Ray actor call is one task).
 
 A non-finite number met while sampling (an observation or reward: the envs raise
 ``envs.base.NonFiniteStepError``; a policy output; the adapted parameters φ, i.e. the inner gradient) is a
