@@ -115,15 +115,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolve_device(cfg.run.device)  # run.device=cuda without a GPU is a usage error before the run dir exists
     run = run or RunDir.create(cfg, args.runs_dir)
     print(f"rlmaml: run directory {run.path}", file=sys.stderr, flush=True)
-    if cfg.experiment == "rl":
-        from rlmaml.rl.trainer import train_rl
+    with run.exclusive():  # one trainer per run directory (a resume started twice is refused)
+        if cfg.experiment == "rl":
+            from rlmaml.rl.trainer import train_rl
 
-        train_rl(cfg, run, checkpoint)
-    else:
-        from rlmaml.supervised import make_domain
-        from rlmaml.supervised.trainer import train_supervised
+            train_rl(cfg, run, checkpoint)
+        else:
+            from rlmaml.supervised import make_domain
+            from rlmaml.supervised.trainer import train_supervised
 
-        train_supervised(cfg, make_domain(cfg), run, checkpoint)
+            train_supervised(cfg, make_domain(cfg), run, checkpoint)
     print(f"rlmaml: done; evaluate with: rlmaml eval {run.path}", file=sys.stderr)
     return 0
 

@@ -94,6 +94,15 @@ def test_resume_of_a_run_dir_with_no_checkpoint_is_one_line_exit_2(tmp_path: Pat
     assert run.metrics() == [] and not run.has_checkpoint()
 
 
+def test_a_second_trainer_on_a_run_dir_in_use_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    run = RunDir.create(build_config("sinusoid", [f"run.dir={tmp_path / 'busy-run'}"]))
+    with run.exclusive():  # another `rlmaml train` holds it
+        assert main(["train", "sinusoid", f"run.dir={tmp_path / 'busy-run'}", "run.iterations=2"]) == 2
+    _, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 2, err  # "run directory ..." then the one-line error
+    assert "in use by another training process" in err and run.metrics() == []
+
+
 def test_resume_of_a_folder_that_is_not_a_run_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["train", "--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -477,3 +477,32 @@ def test_resume_after_a_crash_redoes_the_work_after_the_last_checkpoint(tmp_path
     assert rd.load_checkpoint()["iteration"] == 7
     assert main(["train", "--resume", str(two)]) == 0
     _assert_same_training(one, two, n)
+
+
+def test_exclusive_refuses_a_second_holder_naming_the_pid_and_is_released_after(run: RunDir) -> None:
+    with run.exclusive():
+        assert (run.path / ".lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(RunError, match=rf"in use by another training process \(pid {os.getpid()}\)"), \
+                run.exclusive():
+            pass
+    with run.exclusive():  # released on leaving the block
+        pass
+
+
+def test_exclusive_is_released_when_the_holder_process_dies(run: RunDir) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from rlmaml.runs import RunDir\n"
+        f"with RunDir.open({str(run.path)!r}).exclusive():\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match=f"pid {holder.pid}"), run.exclusive():
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run.exclusive():  # SIGKILL dropped the lock: the run can be resumed
+        pass
