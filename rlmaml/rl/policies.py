@@ -140,8 +140,7 @@ def act(
     ref = next(iter(params.values())) if params is not None else next(policy.parameters())
     with torch.no_grad():
         x = torch.as_tensor(np.asarray(obs), dtype=ref.dtype, device=ref.device)
-        kwargs = {"stats_only": True}
-        stats = policy(x, **kwargs) if params is None else functional_call(policy, params, (x,), kwargs)
+        stats = policy(x, stats_only=True) if params is None else policy_stats(policy, params, x)
         check_stats(stats)
         return sample_actions(policy, stats, generator, deterministic)
 

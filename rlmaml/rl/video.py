@@ -140,7 +140,7 @@ def record_episode(cfg: Config, policy: torch.nn.Module, params: dict[str, torch
     from gymnasium.wrappers import RecordVideo
 
     import envs  # noqa: F401
-    from rlmaml.rl.policies import act, to_env_actions
+    from rlmaml.rl.policies import act, action_rescaler
 
     target = out_dir / f"{name}-episode-0.mp4"
     target.unlink(missing_ok=True)
@@ -150,12 +150,13 @@ def record_episode(cfg: Config, policy: torch.nn.Module, params: dict[str, torch
         warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
         env = RecordVideo(env, str(out_dir), episode_trigger=lambda _: True, name_prefix=name, disable_logger=True)
     generator = torch.Generator().manual_seed(cfg.eval.seed)
+    rescale = action_rescaler(env.action_space) if cfg.rl.normalize_actions else None  # once, not per frame
     try:
         obs, _ = env.reset(seed=cfg.eval.seed)
         for _ in range(cfg.rl.horizon):
             action = act(policy, params, np.asarray(obs)[None], generator, deterministic=True)[0]
-            if cfg.rl.normalize_actions:
-                action = to_env_actions(action[None], env.action_space)[0]
+            if rescale is not None:
+                action = rescale(action[None])[0]
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:
                 break

@@ -168,21 +168,18 @@ def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params |
     alive = np.ones((m, k), dtype=bool)
     if shared:
         load_params(policy, params)  # act with the module itself: no functional_call per step
-        stats_of = policy
+
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # [M, K, obs] -> stats [M, K, ...]
+            return tuple(s.reshape(m, k, *s.shape[1:]) for s in policy(x.reshape(m * k, -1), stats_only=True))
     else:
         stacked = {name: torch.stack([p[name] for p in params]) for name in params[0]}
-        batched = vmap(partial(policy_stats, policy))
-        stats_of = None
+        forward = partial(vmap(partial(policy_stats, policy)), stacked)
     for t in range(horizon):
         running = [i for i in range(m) if alive[i].any()]
         if not running:
             break
         with torch.no_grad():
-            x = torch.as_tensor(np.stack(obs), dtype=torch.float32)
-            if stats_of is not None:
-                stats = tuple(s.reshape(m, k, *s.shape[1:]) for s in stats_of(x.reshape(m * k, -1), stats_only=True))
-            else:
-                stats = batched(stacked, x)
+            stats = forward(torch.as_tensor(np.stack(obs), dtype=torch.float32))
         try:
             check_stats(stats)
         except FloatingPointError as exc:
