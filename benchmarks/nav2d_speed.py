@@ -85,7 +85,7 @@ def main() -> None:
           f"x H {cfg.rl.horizon}, device {device}, torch threads {torch.get_num_threads()}")
     print(f"{'part':<44} {'seconds':>9}")
     print(f"{'sampling (1 core, ' + str(steps) + ' env steps)':<44} {t_sample:>9.2f}")
-    print(f"{'  the same, one task per call (Ray actors)':<44} {t_one_by_one:>9.2f}")
+    print(f"{'  the same, one task per call':<44} {t_one_by_one:>9.2f}")
     print(f"{'learner TRPO step, exact J^T F J curvature':<44} {t_fast:>9.2f}")
     print(f"{'learner TRPO step, naive 3rd-order HVP':<44} {t_naive:>9.2f}")
     print(f"{'meta-iteration (sampling + learner)':<44} {t_sample + t_fast:>9.2f}")

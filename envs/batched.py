@@ -28,6 +28,8 @@ __all__ = [
     "SerialBatchedEnv",
     "BATCHED_FORMS",
     "make_batched",
+    "step_each",
+    "step_tasks",
     "NonFiniteStepError",
 ]
 
@@ -76,6 +78,37 @@ def make_batched(env_id: str, num_envs: int, task: dict | None = None, **env_kwa
         return SerialBatchedEnv(env_id, num_envs, task, **env_kwargs)
     cls = load_object(form) if isinstance(form, str) else form
     return cls(env_id, num_envs, task, **env_kwargs)
+
+
+def step_tasks(
+    envs: list[BatchedTaskEnv], actions: np.ndarray, active: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Step M batched envs (one task each) together: ``actions`` is ``[M, K, ...]``, ``active``
+    ``[M, K]``; returns ``[M, K, ...]`` observations, rewards, terminated and truncated.
+
+    Each env's result is what its own ``step(actions[i], active[i])`` returns.  A form whose class
+    has a ``step_many(envs, actions, active)`` classmethod steps them all in one call (one set of
+    array operations for the M tasks instead of M); any other form is stepped env by env, and so is a
+    subclass that overrides ``step`` but not ``step_many`` (the inherited one would bypass its ``step``).
+    """
+    cls = type(envs[0])
+    owner = _defined_in(cls, "step_many")
+    if owner is not None and owner is _defined_in(cls, "step") and all(type(e) is cls for e in envs):
+        return cls.step_many(envs, actions, active)
+    return step_each(envs, actions, active)
+
+
+def _defined_in(cls: type, name: str) -> type | None:
+    """The class in ``cls``'s MRO whose own namespace defines ``name``."""
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+
+def step_each(
+    envs: list[BatchedTaskEnv], actions: np.ndarray, active: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`step_tasks` one env at a time, through each env's own ``step``."""
+    out = [env.step(a, active=act)[:4] for env, a, act in zip(envs, actions, active, strict=True)]
+    return tuple(np.stack(x) for x in zip(*out, strict=True))  # type: ignore[return-value]
 
 
 class SerialBatchedEnv:

@@ -25,6 +25,7 @@ from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
 from .base import TaskEnvMixin, check_action, check_actions, check_active, check_finite
+from .batched import step_each
 from .registry import FAMILIES
 
 MAX_SPEED = 0.1
@@ -32,19 +33,19 @@ GOAL_TOLERANCE = 0.01
 
 
 def nav_step(state: np.ndarray, actions: np.ndarray, goal: np.ndarray):
-    """Vectorised step: ``state`` [K,2] float64, clipped ``actions`` [K,2] -> (new state, reward [K],
-    terminated [K], distance [K])."""
+    """Vectorised step: ``state`` [..., 2] float64, clipped ``actions`` [..., 2], ``goal`` broadcastable
+    to them -> (new state, reward [...], terminated [...], distance [...])."""
     new_state = state + actions
-    dx = new_state[:, 0] - goal[0]
-    dy = new_state[:, 1] - goal[1]
-    dist = np.sqrt(dx * dx + dy * dy)
-    terminated = (np.abs(dx) < GOAL_TOLERANCE) & (np.abs(dy) < GOAL_TOLERANCE)
+    d = new_state - goal
+    dist = np.sqrt(d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1])
+    terminated = (np.abs(d[..., 0]) < GOAL_TOLERANCE) & (np.abs(d[..., 1]) < GOAL_TOLERANCE)
     return new_state, -dist, terminated, dist
 
 
 def nav_obs(state: np.ndarray, goal: np.ndarray, oracle: bool) -> np.ndarray:
+    """Observations [..., 2] (or [..., 4] with the goal appended for the oracle) as float32."""
     if oracle:
-        return np.concatenate([state, np.broadcast_to(goal, state.shape)], axis=1).astype(np.float32)
+        return np.concatenate([state, np.broadcast_to(goal, state.shape)], axis=-1).astype(np.float32)
     return state.astype(np.float32)
 
 
@@ -142,6 +143,40 @@ class BatchedNavigation2D:
         self._obs = obs
         info = {"distance": dist, "reward_goal": reward.copy()}
         return obs.copy(), reward, terminated, truncated, info
+
+    @classmethod
+    def step_many(cls, envs: list[BatchedNavigation2D], actions: np.ndarray, active: np.ndarray):
+        """``step`` of M envs (one task each) in one set of array operations; see ``envs.step_tasks``.
+
+        Any non-finite action or output, or envs that differ in horizon or oracle flag, go through
+        each env's own ``step``, which raises the same error naming the env index and task.
+        """
+        e0 = envs[0]
+        same = all(e.max_episode_steps == e0.max_episode_steps and e._proto.oracle == e0._proto.oracle
+                   and e.num_envs == e0.num_envs for e in envs)
+        a = np.asarray(actions, dtype=np.float64)
+        act = np.asarray(active, dtype=bool)
+        if not same or a.shape != (len(envs), e0.num_envs, 2) or not np.isfinite(a[act]).all():
+            return step_each(envs, actions, active)
+        a = np.clip(np.where(act[..., None], a, 0.0), -MAX_SPEED, MAX_SPEED)
+        state = np.stack([e._state for e in envs])
+        goal = np.stack([e._proto._task_vec for e in envs])[:, None, :]
+        new_state, reward, terminated, _ = nav_step(state, a, goal)
+        new_state = np.where(act[..., None], new_state, state)
+        reward = np.where(act, reward, 0.0)
+        terminated &= act
+        obs = nav_obs(new_state, goal, e0._proto.oracle)
+        obs = np.where(act[..., None], obs, np.stack([e._obs for e in envs]))
+        if not (np.isfinite(obs).all() and np.isfinite(reward).all()):
+            for e, o, r in zip(envs, obs, reward, strict=True):
+                check_finite(e.env_id, e._proto._task, o, r)
+        truncated = np.zeros_like(act)
+        for i, e in enumerate(envs):
+            e._state = new_state[i]
+            e._t += act[i]
+            truncated[i] = act[i] & (e._t >= e.max_episode_steps)
+            e._obs = obs[i]
+        return obs.copy(), reward, terminated, truncated
 
     def close(self) -> None:
         pass

@@ -196,8 +196,12 @@ class RLConfig:
     """Ray address to join ('auto' or host:port); empty starts a local Ray."""
     num_workers: int = 0
     """Rollout actors; 0 means the cluster's CPUs minus what the learner needs."""
+    tasks_per_call: int = 0
+    """Tasks per Ray actor call, sampled together (one policy forward per step for all of them); 0 picks
+    it per call: a share of the tasks still to hand out (ceil(left / (2 * ready actors))), so big calls
+    come first and small ones balance the end."""
     task_timeout_s: float = 300.0
-    """Seconds before a rollout call is cancelled and resubmitted."""
+    """Seconds per task before a rollout call is cancelled and resubmitted (a call of n tasks gets n times it)."""
     max_task_retries: int = 3
     """Resubmissions of one task before the iteration fails."""
     dashboard_host: str = "127.0.0.1"
@@ -455,6 +459,7 @@ def validate(cfg: Config) -> None:
     _require(0 < r.ls_ratio < 1, f"rl.ls_ratio must be in (0, 1), got {r.ls_ratio}")
     _require(0 < r.cg_task_fraction <= 1, f"rl.cg_task_fraction must be in (0, 1], got {r.cg_task_fraction}")
     _require(r.num_workers >= 0, f"rl.num_workers must be >= 0, got {r.num_workers}")
+    _require(r.tasks_per_call >= 0, f"rl.tasks_per_call must be >= 0, got {r.tasks_per_call}")
     for width in r.hidden:
         _positive(width, "rl.hidden")
     _choice(r.inner_loss, "rl.inner_loss", ("reinforce", "lvc"))

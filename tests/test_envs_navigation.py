@@ -268,3 +268,66 @@ class _OffsetDist:
         if not -1.0 <= task.get("offset", np.nan) <= 1.0:
             raise ValueError(f"task {task!r}: field 'offset' out of range")
         return dict(task)
+
+
+@pytest.mark.parametrize("env_id", [NAV, NAV_ORACLE])
+def test_step_tasks_steps_many_tasks_as_each_env_would_alone(env_id):
+    """``envs.step_tasks`` (BatchedNavigation2D.step_many: one set of array ops for M tasks) returns, and
+    leaves each env in, exactly what its own ``step`` gives, with rows going inactive along the way."""
+    goals = [[0.12, -0.3], [-0.4, 0.25], [0.0, 0.05]]
+    grouped = [envs.make_batched(env_id, 4, task={"goal": g}, max_episode_steps=9) for g in goals]
+    alone = [envs.make_batched(env_id, 4, task={"goal": g}, max_episode_steps=9) for g in goals]
+    for e in grouped + alone:
+        e.reset(0)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        actions = rng.uniform(-0.15, 0.15, size=(3, 4, 2))
+        active = rng.random((3, 4)) < 0.8
+        actions[~active] = np.nan  # inactive rows may hold anything
+        out = envs.step_tasks(grouped, actions, active)
+        for i, e in enumerate(alone):
+            ref = e.step(actions[i], active=active[i])[:4]
+            for got, want in zip(out, ref, strict=True):
+                np.testing.assert_array_equal(got[i], want)
+    for g, a in zip(grouped, alone, strict=True):
+        np.testing.assert_array_equal(g._state, a._state)
+        np.testing.assert_array_equal(g._t, a._t)
+
+
+def test_step_tasks_names_the_env_of_a_bad_action_like_step_does():
+    grouped = [envs.make_batched(NAV, 2, task={"goal": [0.1, 0.1]}) for _ in range(2)]
+    for e in grouped:
+        e.reset(0)
+    actions = np.zeros((2, 2, 2))
+    actions[1, 1, 0] = np.inf
+    with pytest.raises(ValueError, match="action of env 1 contains NaN or inf"):
+        envs.step_tasks(grouped, actions, np.ones((2, 2), dtype=bool))
+
+
+def test_step_tasks_falls_back_to_each_env_for_forms_without_step_many():
+    task = {"goal": [0.2, -0.1]}
+    grouped = [SerialBatchedEnv(NAV, 2, task=task, max_episode_steps=5) for _ in range(2)]
+    alone = SerialBatchedEnv(NAV, 2, task=task, max_episode_steps=5)
+    for e in [*grouped, alone]:
+        e.reset(3)
+    actions = np.full((2, 2, 2), 0.05)
+    obs, reward, terminated, truncated = envs.step_tasks(grouped, actions, np.ones((2, 2), dtype=bool))
+    ref = alone.step(actions[0])
+    assert obs.shape == (2, 2, 2) and reward.shape == (2, 2)
+    np.testing.assert_array_equal(obs[1], ref[0])
+    np.testing.assert_array_equal(reward[1], ref[1])
+
+
+def test_step_tasks_uses_a_subclass_own_step_when_it_overrides_only_step():
+    class Counting(BatchedNavigation2D):
+        calls = 0
+
+        def step(self, actions, active=None):
+            Counting.calls += 1
+            return super().step(actions, active)
+
+    grouped = [Counting(NAV, 2, task={"goal": [0.1, 0.1]}) for _ in range(3)]
+    for e in grouped:
+        e.reset(0)
+    envs.step_tasks(grouped, np.zeros((3, 2, 2)), np.ones((3, 2), dtype=bool))
+    assert Counting.calls == 3

@@ -144,6 +144,13 @@ def test_ray_sampler_matches_local_sampler(ray_session):
         # two calls queued per actor (pipelining) gives the same data
         sampler.pipeline_depth = 2
         assert_same_results(list(sampler.sample(weights, 0, requests)), expected)
+        # several tasks per call, sampled together on the actor: the same data up to float rounding
+        sampler.pipeline_depth = 1
+        for per_call, calls in [(3, 2), (4, 1), (0, 4)]:  # 0: ceil(left / (2 * actors)) tasks, here 1 each
+            sampler.tasks_per_call = per_call
+            before = sampler.stats()["calls"]
+            assert_same_results(list(sampler.sample(weights, 0, requests)), expected, atol=1e-5)
+            assert sampler.stats()["calls"] - before == calls
         assert sampler.fault_counts() == {"actor_deaths": 0, "timeouts": 0, "retries": 0}
     finally:
         sampler.close()

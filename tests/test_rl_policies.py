@@ -14,6 +14,8 @@ from rlmaml.rl.policies import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
     act,
+    actions_from_noise,
+    draw_noise,
     flat_params,
     make_policy,
     params_from_numpy,
@@ -92,6 +94,27 @@ def test_act_is_deterministic_given_the_generator_seed(discrete: bool) -> None:
     assert not np.array_equal(a1, a3)
     assert a1.shape == ((6,) if discrete else (6, 2))
     assert a1.dtype == (np.int64 if discrete else np.float32)
+
+
+def test_gaussian_actions_from_noise_are_mean_plus_std_times_the_standard_normals() -> None:
+    policy = GaussianMLPPolicy(3, 2, hidden=(8,), init_std=0.5)
+    mean, std = policy(torch.ones(4, 3), stats_only=True)
+    noise = draw_noise(policy, (4,), torch.Generator().manual_seed(0))
+    assert noise.shape == (4, 2)
+    expected = (mean + std * noise).detach().numpy()
+    np.testing.assert_allclose(actions_from_noise(policy, (mean, std), noise), expected, rtol=1e-6)
+    np.testing.assert_array_equal(actions_from_noise(policy, (mean, std), None), mean.detach().numpy())
+
+
+def test_categorical_actions_from_uniform_noise_follow_the_policy_probabilities() -> None:
+    """Inverse-CDF sampling: uniforms in [0, p0) give action 0, [p0, p0+p1) action 1, and so on."""
+    policy = CategoricalMLPPolicy(3, 3, hidden=(8,))
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).expand(4, 3)
+    noise = torch.tensor([0.1, 0.3, 0.69, 0.999])
+    assert actions_from_noise(policy, (logits,), noise).tolist() == [0, 1, 1, 2]
+    many = draw_noise(policy, (20000,), torch.Generator().manual_seed(0))
+    counts = np.bincount(actions_from_noise(policy, (logits[:1].expand(20000, 3),), many), minlength=3)
+    np.testing.assert_allclose(counts / 20000, [0.2, 0.5, 0.3], atol=0.015)
 
 
 def test_act_deterministic_returns_the_mean() -> None:

@@ -151,23 +151,46 @@ def check_stats(stats: Sequence[Tensor]) -> None:
         raise FloatingPointError("policy output is not finite (NaN or inf in the action distribution)")
 
 
-def sample_actions(policy: nn.Module, stats: Sequence[Tensor], generator: torch.Generator,
-                   deterministic: bool = False) -> np.ndarray:
-    """Actions for the rows of a policy's ``stats_only`` output, drawn with ``generator`` (see :func:`act`)."""
+def draw_noise(policy: nn.Module, shape: Sequence[int], generator: torch.Generator) -> Tensor:
+    """The random numbers behind ``shape`` actions, drawn with ``generator``: standard normals
+    ``[*shape, act_dim]`` for the Gaussian policy, uniforms ``shape`` for the categorical one.
+
+    Drawing a whole rollout's noise at once (``shape = (horizon, K)``) costs one generator call instead
+    of one per time step, and makes each trajectory's noise independent of when its rollout ends.
+    """
+    if isinstance(policy, GaussianMLPPolicy):
+        return torch.randn(*shape, policy.act_dim, generator=generator)
+    if isinstance(policy, CategoricalMLPPolicy):
+        return torch.rand(*shape, generator=generator)
+    raise TypeError(f"act does not support policy {type(policy).__name__}")
+
+
+def actions_from_noise(policy: nn.Module, stats: Sequence[Tensor], noise: Tensor | None) -> np.ndarray:
+    """Actions for the rows of a policy's ``stats_only`` output from :func:`draw_noise` output (the
+    distribution's mode when ``noise`` is None): ``mean + std * noise``, or the inverse CDF of the
+    categorical at the uniform ``noise``."""
     with torch.no_grad():
         if isinstance(policy, GaussianMLPPolicy):
             mean, std = stats
-            action = mean if deterministic else torch.normal(mean, std, generator=generator)
+            action = mean if noise is None else torch.addcmul(mean, std, noise.to(mean))
             return action.to(torch.float32).cpu().numpy()
         if isinstance(policy, CategoricalMLPPolicy):
             (logits,) = stats
-            if deterministic:
+            if noise is None:
                 action = logits.argmax(-1)
             else:
-                probs = torch.softmax(logits, -1).reshape(-1, logits.shape[-1])
-                action = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
+                cdf = torch.softmax(logits, -1).cumsum(-1)
+                below = (cdf < noise.to(cdf).unsqueeze(-1)).sum(-1)
+                action = below.clamp(max=logits.shape[-1] - 1)
             return action.to(torch.int64).cpu().numpy()
     raise TypeError(f"act does not support policy {type(policy).__name__}")
+
+
+def sample_actions(policy: nn.Module, stats: Sequence[Tensor], generator: torch.Generator,
+                   deterministic: bool = False) -> np.ndarray:
+    """Actions for the rows of a policy's ``stats_only`` output, drawn with ``generator`` (see :func:`act`)."""
+    noise = None if deterministic else draw_noise(policy, stats[0].shape[:-1], generator)
+    return actions_from_noise(policy, stats, noise)
 
 
 def action_rescaler(space: spaces.Space) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -1,8 +1,11 @@
 """``RaySampler``: the unchanged ``RolloutWorker`` as Ray actors, with timeouts, retries and de-duplication.
 
-One ``sample()`` call publishes θ once (``ray.put``), then makes one remote call per task, each to the
-least-loaded healthy actor, and yields results as they finish (``ray.wait(num_returns=1)``) so the learner's
-per-task work overlaps sampling. Nothing is ever called per env step.
+One ``sample()`` call publishes θ once (``ray.put``), then hands the tasks out in calls of one or more tasks
+(``sample_tasks``: the tasks of a call share one policy forward per time step), each to the least-loaded
+healthy actor, and yields results as calls finish (``ray.wait(num_returns=1)``) so the learner's per-task work
+overlaps sampling. ``tasks_per_call=0`` sizes each call as a share of the tasks still to hand out
+(guided self-scheduling: big calls first, small ones at the end to balance the actors). Nothing is ever called
+per env step.
 
 Faults, all counted in :meth:`RaySampler.fault_counts`:
 
@@ -10,8 +13,8 @@ Faults, all counted in :meth:`RaySampler.fault_counts`:
   ``WorkerCrashedError``, ``ObjectLostError``, ...): its in-flight tasks go to healthy actors; Ray restarts
   the actor (``max_restarts``) and the sampler uses it again once a ``ping`` answers. An actor that does
   not come back within ``probe_timeout_s`` is replaced by a new one.
-* **A call exceeds ``task_timeout_s``**: running actor calls cannot be interrupted (``ray.cancel`` only flags
-  them), so the actor is killed (and restarted by Ray) and the task resubmitted.
+* **A call exceeds ``task_timeout_s`` per task in it**: running actor calls cannot be interrupted
+  (``ray.cancel`` only flags them), so the actor is killed (and restarted by Ray) and its tasks resubmitted.
 * A task is resubmitted at most ``max_task_retries`` times, then :class:`TaskFailedError` says why.
 * **An exception in the env or policy** (a ``RayTaskError``) is deterministic given the task's seeds, so it is
   not retried: it reaches the driver at once as :class:`TaskFailedError` naming the task and its seeds.
@@ -100,7 +103,7 @@ class _Batch:
 @dataclass(eq=False)
 class _Call:
     ref: Any
-    pos: int
+    positions: list[int]
     batch: _Batch
     slot: _Slot
     submitted: float
@@ -130,7 +133,8 @@ class RaySampler:
     """Rollout actors on a Ray cluster; see the module docstring for the fault handling."""
 
     def __init__(self, spec: WorkerSpec, num_workers: int = 0, task_timeout_s: float = 300.0,
-                 max_task_retries: int = 3, *, max_restarts: int = -1, pipeline_depth: int = 1,
+                 max_task_retries: int = 3, *, tasks_per_call: int = 1, max_restarts: int = -1,
+                 pipeline_depth: int = 1,
                  probe_timeout_s: float = 120.0, startup_timeout_s: float | None = None,
                  scheduling_strategy: str = "SPREAD", address: str = "", dashboard_host: str = "127.0.0.1") -> None:
         import ray
@@ -145,13 +149,14 @@ class RaySampler:
         self.num_workers = int(num_workers)
         self.task_timeout_s = float(task_timeout_s)
         self.max_task_retries = int(max_task_retries)
+        self.tasks_per_call = max(int(tasks_per_call), 0)
         self.pipeline_depth = max(int(pipeline_depth), 1)
         self.probe_timeout_s = float(probe_timeout_s)
         self._actor_cls = ray.remote(RayRolloutWorker).options(
             num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
             runtime_env={"env_vars": dict(THREAD_ENV)}, scheduling_strategy=scheduling_strategy)
         self._faults = {"actor_deaths": 0, "timeouts": 0, "retries": 0}
-        self._stats = {"put_s": 0.0, "submit_s": 0.0, "get_s": 0.0, "wait_s": 0.0, "results": 0,
+        self._stats = {"put_s": 0.0, "submit_s": 0.0, "get_s": 0.0, "wait_s": 0.0, "calls": 0, "results": 0,
                        "duplicates": 0, "replacements": 0}
         self._calls: dict[Any, _Call] = {}
         self._probes: dict[Any, _Slot] = {}
@@ -168,8 +173,8 @@ class RaySampler:
     def from_config(cls, cfg: Any, spec: WorkerSpec) -> RaySampler:
         """Join ``rl.address`` (or start the embedded local Ray) and start ``rl.num_workers`` actors."""
         r = cfg.rl
-        return cls(spec, r.num_workers, r.task_timeout_s, r.max_task_retries, address=r.address,
-                   dashboard_host=r.dashboard_host)
+        return cls(spec, r.num_workers, r.task_timeout_s, r.max_task_retries, tasks_per_call=r.tasks_per_call,
+                   address=r.address, dashboard_host=r.dashboard_host)
 
     # ---- actors ----------------------------------------------------------------------------------------
     def _new_actor(self) -> Any:
@@ -276,10 +281,10 @@ class RaySampler:
         try:
             while batch.remaining:
                 self._fill(batch)
-                result = self._next_result(batch)
-                if result is not None:
+                results = self._next_results(batch)
+                if results:
                     self._fill(batch)  # keep the actor that just finished busy while the caller works
-                    yield result
+                    yield from results
         finally:  # also on an early close() of the generator; a later sample() call may already own _batch
             if self._batch is batch:
                 self._batch = None
@@ -300,7 +305,8 @@ class RaySampler:
 
     # ---- scheduling ------------------------------------------------------------------------------------
     def _fill(self, batch: _Batch) -> None:
-        """Hand queued tasks to the least-loaded ready actors (ties: round robin)."""
+        """Hand queued tasks to the least-loaded ready actors (ties: round robin), in calls of
+        :meth:`_call_size` tasks."""
         while batch.todo:
             ready = [s for s in self._ready_slots() if len(s.queue) < self.pipeline_depth]
             if not ready:
@@ -308,29 +314,40 @@ class RaySampler:
             k = len(self._slots)
             slot = min(ready, key=lambda s: (len(s.queue), (s.index - self._rr) % k))
             self._rr = (slot.index + 1) % k
-            self._submit(slot, batch, batch.todo.popleft())
+            size = self._call_size(len(batch.todo))
+            self._submit(slot, batch, [batch.todo.popleft() for _ in range(size)])
 
-    def _submit(self, slot: _Slot, batch: _Batch, pos: int) -> None:
+    def _call_size(self, left: int) -> int:
+        """Tasks in the next call: ``tasks_per_call``, or (0) a share of those left per ready actor."""
+        if self.tasks_per_call:
+            return min(self.tasks_per_call, left)
+        return max(1, -(-left // (2 * max(len(self._ready_slots()), 1))))
+
+    def _submit(self, slot: _Slot, batch: _Batch, positions: list[int]) -> None:
         t0 = time.perf_counter()
-        ref = slot.actor.sample_task.remote(batch.weights_ref, batch.requests[pos])
+        ref = slot.actor.sample_tasks.remote(batch.weights_ref, [batch.requests[p] for p in positions])
         self._stats["submit_s"] += time.perf_counter() - t0
+        self._stats["calls"] += 1
         now = time.monotonic()
-        call = _Call(ref, pos, batch, slot, now, started=now if not slot.queue else None)
+        call = _Call(ref, positions, batch, slot, now, started=now if not slot.queue else None)
         slot.queue.append(call)
         self._calls[ref] = call
 
     def _requeue(self, call: _Call, reason: str) -> None:
-        """Resubmit a task (to any healthy actor) unless it has used up its retries."""
+        """Resubmit a call's tasks (to any healthy actor) unless one has used up its retries."""
         batch = call.batch
-        if batch is not self._batch or batch.done[call.pos]:
-            return  # an abandoned sample() call, or a result we already have
-        batch.attempts[call.pos] += 1
-        batch.last_error[call.pos] = reason
-        self._faults["retries"] += 1
-        if batch.attempts[call.pos] > self.max_task_retries:
-            raise TaskFailedError(f"{self._describe(batch.requests[call.pos])} failed after "
-                                  f"{self.max_task_retries} resubmissions; last fault: {reason}")
-        batch.todo.appendleft(call.pos)
+        if batch is not self._batch:
+            return  # an abandoned sample() call
+        for pos in reversed(call.positions):
+            if batch.done[pos]:
+                continue  # a result we already have
+            batch.attempts[pos] += 1
+            batch.last_error[pos] = reason
+            self._faults["retries"] += 1
+            if batch.attempts[pos] > self.max_task_retries:
+                raise TaskFailedError(f"{self._describe(batch.requests[pos])} failed after "
+                                      f"{self.max_task_retries} resubmissions; last fault: {reason}")
+            batch.todo.appendleft(pos)
 
     def _remove_call(self, call: _Call, now: float) -> None:
         self._calls.pop(call.ref, None)
@@ -365,8 +382,8 @@ class RaySampler:
         self._stats["replacements"] += 1
 
     # ---- the event loop --------------------------------------------------------------------------------
-    def _next_result(self, batch: _Batch) -> dict[str, Any] | None:
-        """Wait for the next event (a result, a fault, a probe, a deadline); return a new result or None."""
+    def _next_results(self, batch: _Batch) -> list[dict[str, Any]]:
+        """Wait for the next event (a call's results, a fault, a probe, a deadline); return the new results."""
         import ray
 
         now = time.monotonic()
@@ -381,49 +398,50 @@ class RaySampler:
             ready = []
         self._stats["wait_s"] += time.perf_counter() - t0
         now = time.monotonic()
-        result = None
+        results: list[dict[str, Any]] = []
         for ref in ready:
             if ref in self._probes:
                 self._on_probe(self._probes.pop(ref), ref, now)
             elif ref in self._calls:
-                result = self._on_call(self._calls[ref], now)
+                results += self._on_call(self._calls[ref], now)
         self._check_deadlines(time.monotonic(), batch)
-        return result
+        return results
 
-    def _on_call(self, call: _Call, now: float) -> dict[str, Any] | None:
+    def _on_call(self, call: _Call, now: float) -> list[dict[str, Any]]:
         import ray
 
         self._remove_call(call, now)
         t0 = time.perf_counter()
         try:
-            result = ray.get(call.ref)
+            results = ray.get(call.ref)
         except ray.exceptions.RayTaskError as exc:  # raised by the env / policy code: deterministic
             if call.batch is not self._batch:
-                return None
-            raise TaskFailedError(f"{self._describe(call.batch.requests[call.pos])} failed in the worker: "
-                                  f"{_cause(exc)}") from exc
+                return []
+            raise TaskFailedError(f"{self._describe_call(call, exc)} failed in the worker: {_cause(exc)}") from exc
         except ray.exceptions.RayError as exc:  # the actor, its process or its node failed
             self._faults["actor_deaths"] += 1
             call.slot.deaths += 1
             self._retire(call.slot, f"{type(exc).__name__}: {_first_line(exc)}", kill=False)
             self._requeue(call, f"{type(exc).__name__}: {_first_line(exc)}")
-            return None
+            return []
         finally:
             self._stats["get_s"] += time.perf_counter() - t0
         self._last_progress = now
         batch = call.batch
         if batch is not self._batch:
-            return None
-        if batch.done[call.pos]:
-            self._stats["duplicates"] += 1
-            return None
-        batch.done[call.pos] = True
-        batch.remaining -= 1
-        self._stats["results"] += 1
+            return []
+        new = []
         t0 = time.perf_counter()
-        result = _writable(result)
+        for pos, result in zip(call.positions, results, strict=True):
+            if batch.done[pos]:
+                self._stats["duplicates"] += 1
+                continue
+            batch.done[pos] = True
+            batch.remaining -= 1
+            self._stats["results"] += 1
+            new.append(_writable(result))
         self._stats["get_s"] += time.perf_counter() - t0  # part of fetching a result
-        return result
+        return new
 
     def _send_probes(self, now: float) -> None:
         for slot in self._slots:
@@ -447,7 +465,7 @@ class RaySampler:
         deadlines = []
         for slot in self._slots:
             if slot.state == "ready" and slot.queue and slot.queue[0].started is not None:
-                deadlines.append(slot.queue[0].started + self.task_timeout_s)
+                deadlines.append(slot.queue[0].started + self._timeout_s(slot.queue[0]))
             elif slot.state == "probing":
                 deadlines.append(slot.probing_since + self.probe_timeout_s)
                 if slot.probe is None:
@@ -465,20 +483,32 @@ class RaySampler:
         for slot in self._slots:
             if slot.state == "ready" and slot.queue:
                 head = slot.queue[0]
-                if head.started is None or now - head.started <= self.task_timeout_s:
+                if head.started is None or now - head.started <= self._timeout_s(head):
                     continue
                 finished, _ = ray.wait([head.ref], num_returns=1, timeout=0)
                 if finished:  # done but not yet collected (the caller was busy): not a timeout
                     continue
                 self._faults["timeouts"] += 1
-                req = head.batch.requests[head.pos]
-                self._retire(slot, f"task {req.task_index} ran past rl.task_timeout_s={self.task_timeout_s:g} s "
+                tasks = ", ".join(str(head.batch.requests[p].task_index) for p in head.positions)
+                self._retire(slot, f"task {tasks} ran past rl.task_timeout_s={self.task_timeout_s:g} s per task "
                                    f"on worker pid {slot.pid}", kill=True)
             elif slot.state == "probing" and now - slot.probing_since > self.probe_timeout_s:
                 self._replace(slot)
         if batch.todo and not self._ready_slots() and now - self._last_progress > self._stall_timeout_s():
             raise TaskFailedError(f"no healthy rollout worker for {now - self._last_progress:.0f} s; "
                                   f"{len(batch.todo)} tasks of iteration {batch.requests[0].iteration} unsampled")
+
+    def _timeout_s(self, call: _Call) -> float:
+        """A call's time limit: ``task_timeout_s`` for each of its tasks."""
+        return self.task_timeout_s * len(call.positions)
+
+    def _describe_call(self, call: _Call, exc: Any) -> str:
+        """The task a worker exception belongs to: the one its message names (``sample_task`` names it), else
+        the call's first."""
+        requests = [call.batch.requests[p] for p in call.positions]
+        text = str(getattr(exc, "cause", None) or exc)
+        named = [r for r in requests if f"task {r.task_index} " in text]
+        return self._describe((named or requests)[0])
 
     def _describe(self, req: TaskRequest) -> str:
         env_seed, noise_seed = task_seeds(self.spec.seed, req.iteration, req.task_index, req.stream)

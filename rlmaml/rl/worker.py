@@ -41,12 +41,13 @@ from rlmaml.rl.episodes import Episodes
 from rlmaml.rl.objectives import inner_loss, with_advantages
 from rlmaml.rl.policies import (
     action_rescaler,
+    actions_from_noise,
     check_stats,
+    draw_noise,
     load_params,
     make_policy,
     params_from_numpy,
     policy_stats,
-    sample_actions,
 )
 
 
@@ -146,23 +147,28 @@ def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env
 def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params | Sequence[Params], horizon: int,
                   env_seeds: Sequence[int], generators: Sequence[torch.Generator],
                   normalize_actions: bool = True) -> list[dict[str, np.ndarray]]:
-    """:func:`rollout` for M tasks at once (one batched env each): one policy forward per time step for all.
+    """:func:`rollout` for M tasks at once (one batched env each): one policy forward and one env step
+    (``envs.step_tasks``) per time step for all of them.
 
     ``params`` is θ shared by every task, or one φ per task (the forward then runs under ``vmap``). Each
-    task draws its action noise from its own generator and stops being stepped when all its trajectories
-    are done, so its batch does not depend on which other tasks it was sampled with.
+    task draws its whole rollout's action noise from its own generator up front, stops being stepped when all
+    its trajectories are done, and has zeros wherever its mask is 0, so its batch does not depend on which
+    other tasks it was sampled with.
     """
+    from envs import step_tasks
+
     m = len(envs)
     if not isinstance(params, Mapping) and len(params) == 1:
         params = params[0]  # one task: the plain module forward, no vmap
     shared = isinstance(params, Mapping)
     rescale = action_rescaler(envs[0].single_action_space) if normalize_actions else None  # once, not per step
     k = envs[0].num_envs
-    obs = [env.reset(seed) for env, seed in zip(envs, env_seeds, strict=True)]
-    if not all(np.isfinite(o).all() for o in obs):
+    obs = np.stack([env.reset(seed) for env, seed in zip(envs, env_seeds, strict=True)]).astype(np.float32)
+    if not np.isfinite(obs).all():
         raise NonFiniteSampleError("reset returned a non-finite observation")
-    obs_buf = np.zeros((m, horizon, k, obs[0].shape[-1]), dtype=np.float32)
-    actions: list[list[np.ndarray]] = [[] for _ in range(m)]
+    noise = torch.stack([draw_noise(policy, (horizon, k), g) for g in generators], dim=1)  # [T, M, K, ...]
+    obs_buf = np.zeros((m, horizon, k, obs.shape[-1]), dtype=np.float32)
+    action_buf: np.ndarray | None = None
     rewards = np.zeros((m, horizon, k), dtype=np.float32)
     mask = np.zeros((m, horizon, k), dtype=np.float32)
     alive = np.ones((m, k), dtype=bool)
@@ -175,34 +181,34 @@ def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params |
         stacked = {name: torch.stack([p[name] for p in params]) for name in params[0]}
         forward = partial(vmap(partial(policy_stats, policy)), stacked)
     for t in range(horizon):
-        running = [i for i in range(m) if alive[i].any()]
-        if not running:
+        running = alive.any(axis=1)
+        if not running.any():
             break
         with torch.no_grad():
-            stats = forward(torch.as_tensor(np.stack(obs), dtype=torch.float32))
+            stats = forward(torch.from_numpy(obs))
         try:
             check_stats(stats)
         except FloatingPointError as exc:
             raise NonFiniteSampleError(f"policy output at step {t} is not finite ({_one_line(exc, 120)})") from None
-        for i in running:
-            action = sample_actions(policy, [s[i] for s in stats], generators[i])
-            if action.dtype.kind == "f" and not np.isfinite(action[alive[i]]).all():
-                raise NonFiniteSampleError(f"policy output at step {t} is not finite (an action is NaN or inf)")
-            obs_buf[i, t] = obs[i]
-            actions[i].append(action)
-            mask[i, t] = alive[i]
-            env_action = action if rescale is None else rescale(action)
-            obs[i], reward, terminated, truncated, _ = envs[i].step(env_action, active=alive[i])
-            rewards[i, t] = np.where(alive[i], reward, 0.0)
-            alive[i] = alive[i] & ~(np.asarray(terminated) | np.asarray(truncated))
-    out = []
-    for i in range(m):
-        action_buf = np.stack(actions[i])
-        if len(action_buf) < horizon:  # pad the action buffer like the others
-            pad = np.zeros((horizon - len(action_buf), *action_buf.shape[1:]), dtype=action_buf.dtype)
-            action_buf = np.concatenate([action_buf, pad])
-        out.append({"observations": obs_buf[i], "actions": action_buf, "rewards": rewards[i], "mask": mask[i]})
-    return out
+        action = actions_from_noise(policy, stats, noise[t])
+        if action.dtype.kind == "f" and not np.isfinite(action[alive]).all():
+            raise NonFiniteSampleError(f"policy output at step {t} is not finite (an action is NaN or inf)")
+        if action_buf is None:
+            action_buf = np.zeros((m, horizon, *action.shape[1:]), dtype=action.dtype)
+        live = alive.reshape(m, k, *([1] * (action.ndim - 2)))
+        action_buf[:, t] = np.where(live, action, 0)
+        obs_buf[running, t] = obs[running]
+        mask[:, t] = alive
+        env_action = action if rescale is None else rescale(action)
+        idx = np.flatnonzero(running)
+        step_obs, reward, terminated, truncated = step_tasks(
+            [envs[i] for i in idx], env_action[idx], alive[idx])
+        obs[idx] = step_obs
+        rewards[idx, t] = np.where(alive[idx], reward, 0.0)
+        alive[idx] &= ~(np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool))
+    assert action_buf is not None
+    return [{"observations": obs_buf[i], "actions": action_buf[i], "rewards": rewards[i], "mask": mask[i]}
+            for i in range(m)]
 
 
 class RolloutWorker:
