@@ -2,6 +2,7 @@
 
     python benchmarks/sampling_scaling.py                  # 40 * fraction tasks x 20 trajectories x H 200
     python benchmarks/sampling_scaling.py --fraction 1.0   # the paper's meta-batch of 40 tasks
+    python benchmarks/sampling_scaling.py --preset nav2d --fraction 0.5 --tasks-per-call 1   # 20 nav2d tasks
 
 In one run, on one local Ray instance, with the same θ and tasks:
 
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="repeats of each sampling measurement")
     parser.add_argument("--learn-repeats", type=int, default=1, help="repeats of the full meta-iteration")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks-per-call", type=int, default=0,
+                        help="tasks per Ray actor call (rl.tasks_per_call; 0: a share of the tasks left)")
     args = parser.parse_args()
 
     n_tasks = max(int(round(PAPER_TASKS * args.fraction)), args.workers)
@@ -127,7 +130,8 @@ def main() -> None:
     rates: dict[int, float] = {}
     sample_time: dict[int, float] = {}
     for n in sorted({1, args.workers}):
-        sampler = RaySampler(spec, num_workers=n, task_timeout_s=600, max_task_retries=1)
+        sampler = RaySampler(spec, num_workers=n, task_timeout_s=600, max_task_retries=1,
+                             tasks_per_call=args.tasks_per_call)
         try:
             if learner is None:
                 learner = make_learner(cfg, *sampler.spaces())

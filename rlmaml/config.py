@@ -232,6 +232,10 @@ class EvalConfig:
     """RL: trajectories per step (0 uses rl.trajectories)."""
     step_decay: float = 0.5
     """RL: step size alpha for the first step, alpha * step_decay after (the paper's alpha/2)."""
+    batch: str = "trajectories"
+    """RL: what one test-time batch is. 'trajectories': eval.trajectories episodes. 'steps': as rllab sampled
+    for the paper's test scripts, the episodes that eval.trajectories auto-reset envs complete within
+    trajectories x H steps (more, and shorter, episodes wherever episodes can end early, as in 2D navigation)."""
     init: str = "checkpoint"
     """RL: evaluate the checkpoint's θ, or 'random' for the untrained initialisation (the paper's baseline)."""
 
@@ -476,6 +480,7 @@ def validate(cfg: Config) -> None:
     _require(e.trajectories >= 0, f"eval.trajectories must be >= 0, got {e.trajectories}")
     _positive(e.step_decay, "eval.step_decay")
     _choice(e.init, "eval.init", ("checkpoint", "random"))
+    _choice(e.batch, "eval.batch", ("trajectories", "steps"))
 
     for key, seed in (("run.seed", cfg.run.seed), ("eval.seed", e.seed), ("omniglot.split_seed", o.split_seed)):
         _require(0 <= seed < 2**63, f"{key} must be in [0, 2**63), got {seed}")

@@ -204,6 +204,8 @@ def _protocol(result: dict[str, Any]) -> str:
         text += f", K={p['trajectories']}"
     if p.get("horizon"):
         text += f", H={p['horizon']}"
+    if p.get("batch") == "steps":
+        text += ", rllab batches (K·H steps of episodes)"
     return text
 
 

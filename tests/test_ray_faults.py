@@ -81,7 +81,8 @@ def faulty(ray_session, tmp_path_factory):
 
     plan = tmp_path_factory.mktemp("plan") / "plan.json"
     plan.write_text("{}")
-    sampler = RaySampler(spec(plan=str(plan)), num_workers=2, task_timeout_s=60, max_task_retries=2)
+    sampler = RaySampler(spec(plan=str(plan)), num_workers=2, task_timeout_s=60, max_task_retries=2,
+                         tasks_per_call=1)
     yield Faulty(sampler, plan)
     sampler.close()
 

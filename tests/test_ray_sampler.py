@@ -119,7 +119,7 @@ def test_ray_sampler_matches_local_sampler(ray_session):
     cfg = small_cfg()
     spec = WorkerSpec.from_config(cfg)
     local = LocalSampler(spec)
-    sampler = RaySampler(spec, num_workers=2, task_timeout_s=60, max_task_retries=2)
+    sampler = RaySampler(spec, num_workers=2, task_timeout_s=60, max_task_retries=2, tasks_per_call=1)
     try:
         assert len(sampler.worker_info()) == 2
         obs_space, act_space = sampler.spaces()

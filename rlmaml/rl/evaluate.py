@@ -6,6 +6,11 @@ trajectories with θ, takes a plain policy-gradient step of size α (``maml.inne
 each number of steps is reported with a 95% CI over goals (:func:`rlmaml.stats.mean_ci95` over the per-goal
 mean returns). The pretrained, random-initialisation and oracle baselines go through this same function.
 
+``eval.batch=steps`` samples each batch as the paper's test scripts did (rllab's ``batch_size`` is K·H steps:
+K auto-reset envs run until the episodes they complete hold K·H steps; :mod:`rlmaml.rl.step_budget`). Where
+episodes end early, as in 2D navigation, such a batch holds more, and shorter, episodes than K, and its mean
+return is higher than the mean over K episodes (the default, ``eval.batch=trajectories``).
+
 Test goals are ``eval.goals`` draws from the task distribution with ``numpy.random.default_rng(eval.seed)``
 (so every method of a comparison sees the same goals), or the list in ``eval.goals_file``. Sampling seeds
 derive from (``eval.seed``, goal index, :data:`EVAL_STREAM`), never from a training seed stream.
@@ -196,8 +201,10 @@ def evaluate_rl_run(cfg: Config, run: RunDir, state: dict[str, Any], video: bool
         params = initial_params(cfg, *sampler.spaces()) if init == "random" else state["learner"]["params"]
         weights = {key: v.detach().cpu().numpy().copy() for key, v in params.items()}
         version = int(state.get("learner", {}).get("version", 0))
-        requests = [TaskRequest(0, i, task, lrs, k, EVAL_STREAM) for i, task in enumerate(tasks)]
-        print(f"rlmaml: evaluating {name} on {len(tasks)} goals x {len(lrs) + 1} batches of {k} trajectories",
+        budget = cfg.eval.batch == "steps"
+        requests = [TaskRequest(0, i, task, lrs, k, EVAL_STREAM, step_budget=budget) for i, task in enumerate(tasks)]
+        what = f"{k} x {cfg.rl.horizon} steps of episodes (rllab's batches)" if budget else f"{k} trajectories"
+        print(f"rlmaml: evaluating {name} on {len(tasks)} goals x {len(lrs) + 1} batches of {what}",
               file=sys.stderr, flush=True)
         for result in sampler.sample(weights, version, requests):
             i = int(result["task_index"])
@@ -235,7 +242,8 @@ def evaluate_rl_run(cfg: Config, run: RunDir, state: dict[str, Any], video: bool
         "kind": kind,
         "env": cfg.rl.env,
         "protocol": {"goals": len(tasks), "goals_file": cfg.eval.goals_file, "seed": cfg.eval.seed,
-                     "trajectories": k, "rl_steps": len(lrs), "step_sizes": list(lrs), "horizon": cfg.rl.horizon,
+                     "trajectories": k, "batch": cfg.eval.batch,
+                     "rl_steps": len(lrs), "step_sizes": list(lrs), "horizon": cfg.rl.horizon,
                      "backend": cfg.rl.backend, "init": init},
         "per_goal": {"tasks": [_jsonable_task(t) for t in tasks],
                      "returns": [[float(x) if math.isfinite(x) else None for x in row] for row in per_goal]},

@@ -133,7 +133,7 @@ class RaySampler:
     """Rollout actors on a Ray cluster; see the module docstring for the fault handling."""
 
     def __init__(self, spec: WorkerSpec, num_workers: int = 0, task_timeout_s: float = 300.0,
-                 max_task_retries: int = 3, *, tasks_per_call: int = 1, max_restarts: int = -1,
+                 max_task_retries: int = 3, *, tasks_per_call: int = 0, max_restarts: int = -1,
                  pipeline_depth: int = 1,
                  probe_timeout_s: float = 120.0, startup_timeout_s: float | None = None,
                  scheduling_strategy: str = "SPREAD", address: str = "", dashboard_host: str = "127.0.0.1") -> None:

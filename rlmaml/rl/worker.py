@@ -11,7 +11,8 @@ a batched env of K trajectories and a CPU copy of the policy. For one task it
 
 and returns every episode batch as numpy. Its randomness derives from (run seed, iteration, task index),
 so a retried call returns exactly the same data. ``sample_tasks`` does the same for several tasks in one call,
-one policy forward per time step for all of them (the local sampler's path; each Ray actor call is one task).
+one policy forward per time step for all of them (the local sampler hands it a whole meta-batch, each Ray actor
+call a share of it: ``rl.tasks_per_call``).
 
 A non-finite number met while sampling (an observation or reward: the envs raise
 ``envs.base.NonFiniteStepError``; a policy output; the adapted parameters φ, i.e. the inner gradient) is a
@@ -49,6 +50,7 @@ from rlmaml.rl.policies import (
     params_from_numpy,
     policy_stats,
 )
+from rlmaml.rl.step_budget import rollout_step_budget
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class TaskRequest:
     """Separates seed streams that share (iteration, task index), e.g. evaluation from training."""
     invalid_ok: bool = False
     """On a non-finite number, return a result marked ``valid: False`` (with a ``reason``) instead of raising."""
+    step_budget: bool = False
+    """Sample each batch as rllab did (:mod:`rlmaml.rl.step_budget`): the episodes that K auto-reset slots
+    complete within K·H steps, rather than K episodes."""
 
 
 class NonFiniteSampleError(FloatingPointError):
@@ -211,6 +216,15 @@ def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params |
             for i in range(m)]
 
 
+def _rollout_step_budget_one(envs: Sequence[Any], policy: torch.nn.Module, params: Params | Sequence[Params],
+                             horizon: int, env_seeds: Sequence[int], generators: Sequence[torch.Generator],
+                             normalize_actions: bool = True) -> list[dict[str, np.ndarray]]:
+    """:func:`rollout_tasks` for one task whose batches follow rllab's step budget (``TaskRequest.step_budget``;
+    :meth:`RolloutWorker.sample_tasks` sends such requests one at a time, so their waves are their own)."""
+    one = params if isinstance(params, Mapping) else params[0]
+    return [rollout_step_budget(envs[0], policy, one, horizon, env_seeds[0], generators[0], normalize_actions)]
+
+
 class RolloutWorker:
     """Samples tasks for the learner: a batched env of K trajectories and a CPU copy of the policy."""
 
@@ -281,7 +295,8 @@ class RolloutWorker:
         through :meth:`sample_task` one by one, which attributes an error or a non-finite number to its task.
         """
         requests = list(requests)
-        if len(requests) < 2 or len({(r.trajectories or self.spec.trajectories, r.lrs) for r in requests}) > 1:
+        if (len(requests) < 2 or any(r.step_budget for r in requests)
+                or len({(r.trajectories or self.spec.trajectories, r.lrs) for r in requests}) > 1):
             return [self.sample_task(weights, r) for r in requests]
         start = time.perf_counter()
         try:
@@ -304,13 +319,14 @@ class RolloutWorker:
         for env, r in zip(envs, requests, strict=True):
             env.set_task(r.task)
         spec = self.spec
+        sample = _rollout_step_budget_one if requests[0].step_budget else rollout_tasks
         params: Params | list[Params] = params_from_numpy(weights)
-        batches = [_in_batch(0, rollout_tasks, envs, self.policy, params, spec.horizon, [s for s, _ in seeds],
+        batches = [_in_batch(0, sample, envs, self.policy, params, spec.horizon, [s for s, _ in seeds],
                              generators, spec.normalize_actions)]
         for step, lr in enumerate(requests[0].lrs):
             thetas = params if isinstance(params, list) else [params] * len(requests)
             params = [self._adapt(theta, batch, lr, step) for theta, batch in zip(thetas, batches[-1], strict=True)]
-            batches.append(_in_batch(step + 1, rollout_tasks, envs, self.policy, params, spec.horizon,
+            batches.append(_in_batch(step + 1, sample, envs, self.policy, params, spec.horizon,
                                      [s + (step + 1) * k for s, _ in seeds], generators, spec.normalize_actions))
         return [list(task) for task in zip(*batches, strict=True)]
 
