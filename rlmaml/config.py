@@ -196,6 +196,10 @@ class RLConfig:
     """Ray address to join ('auto' or host:port); empty starts a local Ray."""
     num_workers: int = 0
     """Rollout actors; 0 means the cluster's CPUs minus what the learner needs."""
+    batch: str = "trajectories"
+    """What one batch of a task is. 'trajectories': rl.trajectories episodes. 'steps': rllab's batches, as the
+    paper's code sampled them: the episodes that rl.trajectories auto-reset envs complete within
+    trajectories x H steps (more, and shorter, episodes where episodes end early; see eval.batch)."""
     tasks_per_call: int = 0
     """Tasks per Ray actor call, sampled together (one policy forward per step for all of them); 0 picks
     it per call: a share of the tasks still to hand out (ceil(left / (2 * ready actors))), so big calls
@@ -464,6 +468,7 @@ def validate(cfg: Config) -> None:
     _require(0 < r.cg_task_fraction <= 1, f"rl.cg_task_fraction must be in (0, 1], got {r.cg_task_fraction}")
     _require(r.num_workers >= 0, f"rl.num_workers must be >= 0, got {r.num_workers}")
     _require(r.tasks_per_call >= 0, f"rl.tasks_per_call must be >= 0, got {r.tasks_per_call}")
+    _choice(r.batch, "rl.batch", ("trajectories", "steps"))
     for width in r.hidden:
         _positive(width, "rl.hidden")
     _choice(r.inner_loss, "rl.inner_loss", ("reinforce", "lvc"))

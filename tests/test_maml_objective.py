@@ -82,3 +82,34 @@ def test_curvature_on_a_task_subset_equals_the_exact_curvature_of_those_tasks() 
     v = torch.randn(gradient.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(gradient, gradient_full)
     torch.testing.assert_close(hvp(v), hvp_head(v))
+
+
+def test_tasks_with_different_episode_counts_are_padded_without_changing_any_task() -> None:
+    """rl.batch=steps gives each task its own number of episodes: the stacked meta-batch pads the smaller ones
+    with mask-0 episodes, and each task's φ, surrogate and gradient are what it has alone."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, hidden=(8,)).double()
+    rng = np.random.default_rng(3)
+    small = [random_episodes(rng, 10, 3, 3, 2) for _ in range(2)]
+    large = [random_episodes(rng, 10, 7, 3, 2) for _ in range(2)]
+    params = {k: v.detach().requires_grad_(True) for k, v in policy.named_parameters()}
+
+    def objective(tasks):
+        return MamlRlObjective(policy, inner_loss(policy, "reinforce"), 0.5, False, MetaBatch.from_tasks(tasks))
+
+    both, alone_small, alone_large = objective([small, large]), objective([small]), objective([large])
+    assert both.batch.val["mask"].shape == (2, 10, 7)
+    assert both.batch.val["mask"][0, :, 3:].sum() == 0
+    phis = both.adapted(params)
+    for k, v in alone_small.adapted(params).items():
+        torch.testing.assert_close(phis[k][0], v[0])
+    logp_both = both.old_log_probs({k: v.detach() for k, v in phis.items()})
+    logp_small = alone_small.old_log_probs({k: v[:1].detach() for k, v in phis.items()})
+    logp_large = alone_large.old_log_probs({k: v[1:].detach() for k, v in phis.items()})
+    surrogate = both.surrogate(params, logp_both)
+    expected = (alone_small.surrogate(params, logp_small) + alone_large.surrogate(params, logp_large)) / 2
+    torch.testing.assert_close(surrogate, expected)
+    g_both = torch.autograd.grad(surrogate, list(params.values()))
+    g_parts = torch.autograd.grad(expected, list(params.values()))
+    for a, b in zip(g_both, g_parts, strict=True):
+        torch.testing.assert_close(a, b)

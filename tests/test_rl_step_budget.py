@@ -141,3 +141,14 @@ def test_reports_say_which_batches_an_evaluation_used() -> None:
     episodes = {"rows": rows, "protocol": {"goals": 40, "trajectories": 40, "horizon": 100, "batch": "trajectories"}}
     assert _protocol(steps) == "40 goals, K=40, H=100, rllab batches (K·H steps of episodes)"
     assert _protocol(episodes) == "40 goals, K=40, H=100"
+
+
+@pytest.mark.slow  # trains a tiny run (~10 s)
+def test_training_on_rllab_batches_steps_the_meta_batch_with_its_uneven_episode_counts(tmp_path) -> None:
+    run = tmp_path / "nav"
+    tiny = ["optim.meta_batch=3", "rl.trajectories=5", "rl.horizon=15", "run.iterations=2", "rl.batch=steps"]
+    assert main(["train", "nav2d", f"run.dir={run}", *tiny, "--backend", "local"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    assert all(r["accepted"] and np.isfinite(r["surrogate_after"]) for r in rows)
+    assert all(r["env_steps"] >= 3 * 2 * 5 * 15 for r in rows)  # every batch holds at least K x H steps

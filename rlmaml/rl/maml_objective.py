@@ -32,8 +32,20 @@ Stacked = dict[str, Tensor]
 
 
 def stack_episodes(batches: Sequence[Episodes]) -> Stacked:
-    """Stack equal-shape episode batches (advantages attached) along a new leading task dimension."""
-    return {f: torch.stack([getattr(b, f) for b in batches]) for f in FIELDS}
+    """Stack episode batches (advantages attached) along a new leading task dimension.
+
+    Batches with fewer episodes (``rl.batch=steps`` gives each task its own count) get padding episodes:
+    zeros with mask 0, which every masked mean ignores.
+    """
+    k = max(b.mask.shape[1] for b in batches)
+    return {f: torch.stack([_pad_episodes(getattr(b, f), k) for b in batches]) for f in FIELDS}
+
+
+def _pad_episodes(x: Tensor, k: int) -> Tensor:
+    """``x`` ``[T, K, ...]`` padded with zeros to ``[T, k, ...]``."""
+    if x.shape[1] == k:
+        return x
+    return torch.cat([x, x.new_zeros((x.shape[0], k - x.shape[1], *x.shape[2:]))], dim=1)
 
 
 def episodes_of(d: Stacked) -> Episodes:

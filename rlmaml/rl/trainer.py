@@ -64,7 +64,8 @@ def task_requests(cfg: Config, distribution: Any, iteration: int) -> list[TaskRe
     tasks = distribution.sample(cfg.optim.meta_batch, iteration_rng(cfg.run.seed, iteration))
     lrs = (cfg.maml.inner_lr,) * cfg.maml.inner_steps  # 0 steps: the "pretrained" baseline, φ = θ
     # invalid_ok: a non-finite number in one task comes back as an invalid result (update skipped), not a crash
-    return [TaskRequest(iteration, i, task, lrs, invalid_ok=True) for i, task in enumerate(tasks)]
+    budget = cfg.rl.batch == "steps"
+    return [TaskRequest(iteration, i, task, lrs, invalid_ok=True, step_budget=budget) for i, task in enumerate(tasks)]
 
 
 def checkpoint_state(cfg: Config, learner: MetaLearner, best: float, next_iteration: int,
