@@ -13,6 +13,7 @@ sampler keeps follows from the lengths alone (:func:`budget_selection`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,18 +54,32 @@ def wave_seed(env_seed: int, wave: int) -> int:
     return int(np.random.SeedSequence([int(env_seed), wave]).generate_state(1)[0])
 
 
-def rollout_step_budget(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env_seed: int,
-                        generator: torch.Generator, normalize_actions: bool = True) -> dict[str, np.ndarray]:
-    """A batch of ``K · horizon`` completed steps from ``K = env.num_envs`` slots, as rllab samples it: every
-    kept episode is one column of the ``[horizon, K']`` padded batch (``K' >= K``)."""
-    from rlmaml.rl.worker import rollout
+def rollout_step_budget(envs: Sequence[Any], policy: torch.nn.Module, params: Params | Sequence[Params],
+                        horizon: int, env_seeds: Sequence[int], generators: Sequence[torch.Generator],
+                        normalize_actions: bool = True) -> list[dict[str, np.ndarray]]:
+    """:func:`rlmaml.rl.worker.rollout_tasks` with rllab's batches: for each of the M tasks, the episodes that
+    ``K = env.num_envs`` slots complete within ``K · horizon`` steps, each one a column of a ``[horizon, K']``
+    padded batch (``K' >= K``).
 
-    k = env.num_envs
-    waves: list[dict[str, np.ndarray]] = []
-    while True:
-        waves.append(rollout(env, policy, params, horizon, wave_seed(env_seed, len(waves)), generator,
-                             normalize_actions))
-        keep = budget_selection(np.stack([w["mask"].sum(0) for w in waves]), k * horizon)
-        if keep is not None:
-            return {key: np.concatenate([w[key][:, keep[i]] for i, w in enumerate(waves)], axis=1)
-                    for key in waves[0]}
+    Waves of all the tasks still undecided are sampled together. A task draws one wave after another from its
+    own generator and seeds (:func:`wave_seed`) and stops once its batch is decided, so its batch does not
+    depend on which other tasks it was sampled with.
+    """
+    from rlmaml.rl.worker import rollout_tasks
+
+    m, k = len(envs), envs[0].num_envs
+    per_task = [params] * m if isinstance(params, Mapping) else list(params)
+    waves: list[list[dict[str, np.ndarray]]] = [[] for _ in range(m)]
+    batches: list[dict[str, np.ndarray] | None] = [None] * m
+    while any(b is None for b in batches):
+        todo = [i for i in range(m) if batches[i] is None]
+        out = rollout_tasks([envs[i] for i in todo], policy, [per_task[i] for i in todo], horizon,
+                            [wave_seed(env_seeds[i], len(waves[i])) for i in todo],
+                            [generators[i] for i in todo], normalize_actions)
+        for i, batch in zip(todo, out, strict=True):
+            waves[i].append(batch)
+            keep = budget_selection(np.stack([w["mask"].sum(0) for w in waves[i]]), k * horizon)
+            if keep is not None:
+                batches[i] = {key: np.concatenate([w[key][:, keep[j]] for j, w in enumerate(waves[i])], axis=1)
+                              for key in batch}
+    return batches  # type: ignore[return-value]

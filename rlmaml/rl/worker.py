@@ -216,15 +216,6 @@ def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params |
             for i in range(m)]
 
 
-def _rollout_step_budget_one(envs: Sequence[Any], policy: torch.nn.Module, params: Params | Sequence[Params],
-                             horizon: int, env_seeds: Sequence[int], generators: Sequence[torch.Generator],
-                             normalize_actions: bool = True) -> list[dict[str, np.ndarray]]:
-    """:func:`rollout_tasks` for one task whose batches follow rllab's step budget (``TaskRequest.step_budget``;
-    :meth:`RolloutWorker.sample_tasks` sends such requests one at a time, so their waves are their own)."""
-    one = params if isinstance(params, Mapping) else params[0]
-    return [rollout_step_budget(envs[0], policy, one, horizon, env_seeds[0], generators[0], normalize_actions)]
-
-
 class RolloutWorker:
     """Samples tasks for the learner: a batched env of K trajectories and a CPU copy of the policy."""
 
@@ -291,12 +282,12 @@ class RolloutWorker:
         them (:func:`rollout_tasks`), which is most of the sampling time for cheap envs such as nav2d.
 
         Each task's data is the same as from :meth:`sample_task` up to float rounding in the batched
-        forward. Requests that differ in trajectories or inner steps, and any failure in the batched call, go
+        forward. Requests that differ in trajectories, inner steps or batch kind, and any failure in the batched call, go
         through :meth:`sample_task` one by one, which attributes an error or a non-finite number to its task.
         """
         requests = list(requests)
-        if (len(requests) < 2 or any(r.step_budget for r in requests)
-                or len({(r.trajectories or self.spec.trajectories, r.lrs) for r in requests}) > 1):
+        if len(requests) < 2 or len({(r.trajectories or self.spec.trajectories, r.lrs, r.step_budget)
+                                     for r in requests}) > 1:
             return [self.sample_task(weights, r) for r in requests]
         start = time.perf_counter()
         try:
@@ -319,7 +310,7 @@ class RolloutWorker:
         for env, r in zip(envs, requests, strict=True):
             env.set_task(r.task)
         spec = self.spec
-        sample = _rollout_step_budget_one if requests[0].step_budget else rollout_tasks
+        sample = rollout_step_budget if requests[0].step_budget else rollout_tasks
         params: Params | list[Params] = params_from_numpy(weights)
         batches = [_in_batch(0, sample, envs, self.policy, params, spec.horizon, [s for s, _ in seeds],
                              generators, spec.normalize_actions)]
