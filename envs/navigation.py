@@ -125,47 +125,40 @@ class BatchedNavigation2D:
         where = f"{self.env_id} batched step"
         act = check_active(active, self.num_envs, where)
         a = check_actions(actions, act, (2,), -MAX_SPEED, MAX_SPEED, where)
-        goal = self._proto._task_vec
-        new_state, reward, terminated, dist = nav_step(self._state, a, goal)
-        all_active = act.all()
-        if not all_active:
-            new_state = np.where(act[:, None], new_state, self._state)
-            reward = np.where(act, reward, 0.0)
-            terminated &= act
-            dist = np.where(act, dist, 0.0)
-        self._state = new_state
-        self._t += act
-        truncated = act & (self._t >= self.max_episode_steps)
-        obs = nav_obs(new_state, goal, self._proto.oracle)
-        if not all_active:
-            obs = np.where(act[:, None], obs, self._obs)
-        check_finite(self.env_id, self._proto._task, obs, reward)
-        self._obs = obs
-        info = {"distance": dist, "reward_goal": reward.copy()}
-        return obs.copy(), reward, terminated, truncated, info
+        obs, reward, terminated, truncated = (x[0] for x in self._advance([self], a[None], act[None]))
+        info = {"distance": np.where(act, -reward, 0.0), "reward_goal": reward.copy()}
+        return obs, reward, terminated, truncated, info
 
     @classmethod
     def step_many(cls, envs: list[BatchedNavigation2D], actions: np.ndarray, active: np.ndarray):
         """``step`` of M envs (one task each) in one set of array operations; see ``envs.step_tasks``.
 
-        Any non-finite action or output, or envs that differ in horizon or oracle flag, go through
-        each env's own ``step``, which raises the same error naming the env index and task.
+        Inputs that ``step`` would reject (a non-finite action of an active env, a wrong shape), or envs that
+        differ in size, horizon or oracle flag, go through each env's own ``step``, which raises the error
+        naming the env index and task.
         """
         e0 = envs[0]
         same = all(e.max_episode_steps == e0.max_episode_steps and e._proto.oracle == e0._proto.oracle
                    and e.num_envs == e0.num_envs for e in envs)
         a = np.asarray(actions, dtype=np.float64)
-        act = np.asarray(active, dtype=bool)
-        if not same or a.shape != (len(envs), e0.num_envs, 2) or not np.isfinite(a[act]).all():
+        act = np.asarray(active)
+        shape = (len(envs), e0.num_envs)
+        if (not same or act.dtype != bool or act.shape != shape or a.shape != (*shape, 2)
+                or not np.isfinite(a[act]).all()):
             return step_each(envs, actions, active)
-        a = np.clip(np.where(act[..., None], a, 0.0), -MAX_SPEED, MAX_SPEED)
+        return cls._advance(envs, np.clip(np.where(act[..., None], a, 0.0), -MAX_SPEED, MAX_SPEED), act)
+
+    @staticmethod
+    def _advance(envs: list[BatchedNavigation2D], a: np.ndarray, act: np.ndarray):
+        """Step M same-shaped envs with checked, clipped actions ``a`` [M, K, 2] (0 where inactive) and
+        ``act`` [M, K]: (observations, rewards, terminated, truncated), each [M, K, ...]."""
         state = np.stack([e._state for e in envs])
         goal = np.stack([e._proto._task_vec for e in envs])[:, None, :]
         new_state, reward, terminated, _ = nav_step(state, a, goal)
         new_state = np.where(act[..., None], new_state, state)
         reward = np.where(act, reward, 0.0)
         terminated &= act
-        obs = nav_obs(new_state, goal, e0._proto.oracle)
+        obs = nav_obs(new_state, goal, envs[0]._proto.oracle)
         obs = np.where(act[..., None], obs, np.stack([e._obs for e in envs]))
         if not (np.isfinite(obs).all() and np.isfinite(reward).all()):
             for e, o, r in zip(envs, obs, reward, strict=True):

@@ -199,11 +199,12 @@ class RLConfig:
     batch: str = "trajectories"
     """What one batch of a task is. 'trajectories': rl.trajectories episodes. 'steps': rllab's batches, as the
     paper's code sampled them: the episodes that rl.trajectories auto-reset envs complete within
-    trajectories x H steps (more, and shorter, episodes where episodes end early; see eval.batch)."""
+    trajectories x H steps (more, and shorter, episodes where episodes end early; see eval.batch). Every
+    episode is a column of H steps and tasks are padded to the largest count, so the learner's work grows with
+    the number of episodes, not of steps."""
     tasks_per_call: int = 0
-    """Tasks per Ray actor call, sampled together (one policy forward per step for all of them); 0 picks
-    it per call: a share of the tasks still to hand out (ceil(left / (2 * ready actors))), so big calls
-    come first and small ones balance the end."""
+    """Tasks per Ray actor call, sampled together (one policy forward per step for all of them); 0 means
+    ceil(meta_batch / (2 * actors)): two calls per actor."""
     task_timeout_s: float = 300.0
     """Seconds per task before a rollout call is cancelled and resubmitted (a call of n tasks gets n times it)."""
     max_task_retries: int = 3

@@ -146,7 +146,7 @@ def test_reports_say_which_batches_an_evaluation_used() -> None:
 
 
 @pytest.mark.slow  # trains a tiny run (~10 s)
-def test_training_on_rllab_batches_steps_the_meta_batch_with_its_uneven_episode_counts(tmp_path) -> None:
+def test_training_on_rllab_batches_runs_end_to_end(tmp_path) -> None:
     run = tmp_path / "nav"
     tiny = ["optim.meta_batch=3", "rl.trajectories=5", "rl.horizon=15", "run.iterations=2", "rl.batch=steps"]
     assert main(["train", "nav2d", f"run.dir={run}", *tiny, "--backend", "local"]) == 0
@@ -154,3 +154,24 @@ def test_training_on_rllab_batches_steps_the_meta_batch_with_its_uneven_episode_
     assert [r["iteration"] for r in rows] == [0, 1]
     assert all(r["accepted"] and np.isfinite(r["surrogate_after"]) for r in rows)
     assert all(r["env_steps"] >= 3 * 2 * 5 * 15 for r in rows)  # every batch holds at least K x H steps
+
+
+def test_the_learner_steps_a_meta_batch_whose_tasks_have_different_episode_counts() -> None:
+    from rlmaml.rl.learner import MetaLearner
+
+    cfg = build_config("nav2d", ["rl.hidden=[16]", "rl.horizon=10", "rl.trajectories=4", "optim.meta_batch=2",
+                                 "rl.batch=steps", "rl.init_std=0.001"])
+    worker = RolloutWorker(WorkerSpec.from_config(cfg))
+    learner = MetaLearner(cfg, *worker.spaces(), torch.device("cpu"))
+    with torch.no_grad():  # a policy that stands still: its episodes end at once where the start is in the goal box
+        for name, p in learner.params.items():
+            if name != "log_std":
+                p.zero_()
+    near = TaskRequest(0, 0, {"goal": np.array([0.005, 0.0])}, (0.1,), step_budget=True)
+    far = TaskRequest(0, 1, {"goal": np.array([0.5, 0.5])}, (0.1,), step_budget=True)
+    results = worker.sample_tasks(learner.weights(), [near, far])
+    assert [r["episodes"][0]["mask"].shape[1] for r in results] == [4 * 10, 4]  # one-step episodes vs whole ones
+    for r in results:
+        learner.add_task(r)
+    metrics = learner.step()
+    assert np.isfinite(metrics["surrogate_before"]) and np.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0

@@ -162,7 +162,7 @@ def draw_noise(policy: nn.Module, shape: Sequence[int], generator: torch.Generat
         return torch.randn(*shape, policy.act_dim, generator=generator)
     if isinstance(policy, CategoricalMLPPolicy):
         return torch.rand(*shape, generator=generator)
-    raise TypeError(f"act does not support policy {type(policy).__name__}")
+    raise TypeError(f"draw_noise does not support policy {type(policy).__name__}")
 
 
 def actions_from_noise(policy: nn.Module, stats: Sequence[Tensor], noise: Tensor | None) -> np.ndarray:
@@ -183,7 +183,7 @@ def actions_from_noise(policy: nn.Module, stats: Sequence[Tensor], noise: Tensor
                 below = (cdf < noise.to(cdf).unsqueeze(-1)).sum(-1)
                 action = below.clamp(max=logits.shape[-1] - 1)
             return action.to(torch.int64).cpu().numpy()
-    raise TypeError(f"act does not support policy {type(policy).__name__}")
+    raise TypeError(f"actions_from_noise does not support policy {type(policy).__name__}")
 
 
 def sample_actions(policy: nn.Module, stats: Sequence[Tensor], generator: torch.Generator,

@@ -3,9 +3,9 @@
 One ``sample()`` call publishes θ once (``ray.put``), then hands the tasks out in calls of one or more tasks
 (``sample_tasks``: the tasks of a call share one policy forward per time step), each to the least-loaded
 healthy actor, and yields results as calls finish (``ray.wait(num_returns=1)``) so the learner's per-task work
-overlaps sampling. ``tasks_per_call=0`` sizes each call as a share of the tasks still to hand out
-(guided self-scheduling: big calls first, small ones at the end to balance the actors). Nothing is ever called
-per env step.
+overlaps sampling. The calls are fixed by position before any is sent: consecutive runs of ``tasks_per_call``
+tasks (0: ``ceil(tasks / (2 * num_workers))``), so a task is always batched with the same others and its data is
+reproducible bit for bit. Nothing is ever called per env step.
 
 Faults, all counted in :meth:`RaySampler.fault_counts`:
 
@@ -15,6 +15,9 @@ Faults, all counted in :meth:`RaySampler.fault_counts`:
   not come back within ``probe_timeout_s`` is replaced by a new one.
 * **A call exceeds ``task_timeout_s`` per task in it**: running actor calls cannot be interrupted
   (``ray.cancel`` only flags them), so the actor is killed (and restarted by Ray) and its tasks resubmitted.
+* The tasks of a failed call of several are resubmitted one per call, without counting it against them, so
+  that a task that hangs or kills its actor is the one charged and named. (Sampled alone, a task's data can
+  differ from its batched data in the last bits of the policy forward.)
 * A task is resubmitted at most ``max_task_retries`` times, then :class:`TaskFailedError` says why.
 * **An exception in the env or policy** (a ``RayTaskError``) is deterministic given the task's seeds, so it is
   not retried: it reaches the driver at once as :class:`TaskFailedError` naming the task and its seeds.
@@ -93,7 +96,8 @@ class _Batch:
 
     requests: Sequence[TaskRequest]
     weights_ref: Any
-    todo: deque[int]
+    todo: deque[list[int]]
+    """The calls still to send, each a list of positions in ``requests``."""
     attempts: list[int]
     done: list[bool]
     last_error: list[str]
@@ -275,7 +279,9 @@ class RaySampler:
         weights_ref = ray.put(weights)
         self._stats["put_s"] += time.perf_counter() - t0
         self.weights_version = version
-        batch = _Batch(requests, weights_ref, deque(range(n)), [0] * n, [False] * n, [""] * n, n)
+        size = self._call_size(n)
+        calls = deque(list(range(i, min(i + size, n))) for i in range(0, n, size))
+        batch = _Batch(requests, weights_ref, calls, [0] * n, [False] * n, [""] * n, n)
         self._batch = batch
         self._last_progress = time.monotonic()
         try:
@@ -305,8 +311,7 @@ class RaySampler:
 
     # ---- scheduling ------------------------------------------------------------------------------------
     def _fill(self, batch: _Batch) -> None:
-        """Hand queued tasks to the least-loaded ready actors (ties: round robin), in calls of
-        :meth:`_call_size` tasks."""
+        """Hand queued calls to the least-loaded ready actors (ties: round robin)."""
         while batch.todo:
             ready = [s for s in self._ready_slots() if len(s.queue) < self.pipeline_depth]
             if not ready:
@@ -314,14 +319,13 @@ class RaySampler:
             k = len(self._slots)
             slot = min(ready, key=lambda s: (len(s.queue), (s.index - self._rr) % k))
             self._rr = (slot.index + 1) % k
-            size = self._call_size(len(batch.todo))
-            self._submit(slot, batch, [batch.todo.popleft() for _ in range(size)])
+            self._submit(slot, batch, batch.todo.popleft())
 
-    def _call_size(self, left: int) -> int:
-        """Tasks in the next call: ``tasks_per_call``, or (0) a share of those left per ready actor."""
+    def _call_size(self, tasks: int) -> int:
+        """Tasks per call: ``tasks_per_call``, or (0) two calls per actor."""
         if self.tasks_per_call:
-            return min(self.tasks_per_call, left)
-        return max(1, -(-left // (2 * max(len(self._ready_slots()), 1))))
+            return self.tasks_per_call
+        return max(1, -(-tasks // (2 * self.num_workers)))
 
     def _submit(self, slot: _Slot, batch: _Batch, positions: list[int]) -> None:
         t0 = time.perf_counter()
@@ -334,20 +338,23 @@ class RaySampler:
         self._calls[ref] = call
 
     def _requeue(self, call: _Call, reason: str) -> None:
-        """Resubmit a call's tasks (to any healthy actor) unless one has used up its retries."""
+        """Resubmit a call's tasks (to any healthy actor), each in a call of its own. A call of one task counts
+        against its retries (and fails the sample once they are used up); a call of several does not, as any one
+        of its tasks may have caused the fault."""
         batch = call.batch
         if batch is not self._batch:
             return  # an abandoned sample() call
         for pos in reversed(call.positions):
             if batch.done[pos]:
                 continue  # a result we already have
-            batch.attempts[pos] += 1
             batch.last_error[pos] = reason
             self._faults["retries"] += 1
-            if batch.attempts[pos] > self.max_task_retries:
-                raise TaskFailedError(f"{self._describe(batch.requests[pos])} failed after "
-                                      f"{self.max_task_retries} resubmissions; last fault: {reason}")
-            batch.todo.appendleft(pos)
+            if len(call.positions) == 1:
+                batch.attempts[pos] += 1
+                if batch.attempts[pos] > self.max_task_retries:
+                    raise TaskFailedError(f"{self._describe(batch.requests[pos])} failed after "
+                                          f"{self.max_task_retries} resubmissions; last fault: {reason}")
+            batch.todo.appendleft([pos])
 
     def _remove_call(self, call: _Call, now: float) -> None:
         self._calls.pop(call.ref, None)
@@ -496,7 +503,8 @@ class RaySampler:
                 self._replace(slot)
         if batch.todo and not self._ready_slots() and now - self._last_progress > self._stall_timeout_s():
             raise TaskFailedError(f"no healthy rollout worker for {now - self._last_progress:.0f} s; "
-                                  f"{len(batch.todo)} tasks of iteration {batch.requests[0].iteration} unsampled")
+                                  f"{sum(map(len, batch.todo))} tasks of iteration {batch.requests[0].iteration} "
+                                  "unsampled")
 
     def _timeout_s(self, call: _Call) -> float:
         """A call's time limit: ``task_timeout_s`` for each of its tasks."""

@@ -68,12 +68,12 @@ def rollout_step_budget(envs: Sequence[Any], policy: torch.nn.Module, params: Pa
     from rlmaml.rl.worker import rollout_tasks
 
     m, k = len(envs), envs[0].num_envs
-    per_task = [params] * m if isinstance(params, Mapping) else list(params)
+    shared = isinstance(params, Mapping)  # θ for every task: the plain forward, no vmap over copies
     waves: list[list[dict[str, np.ndarray]]] = [[] for _ in range(m)]
     batches: list[dict[str, np.ndarray] | None] = [None] * m
     while any(b is None for b in batches):
         todo = [i for i in range(m) if batches[i] is None]
-        out = rollout_tasks([envs[i] for i in todo], policy, [per_task[i] for i in todo], horizon,
+        out = rollout_tasks([envs[i] for i in todo], policy, params if shared else [params[i] for i in todo], horizon,
                             [wave_seed(env_seeds[i], len(waves[i])) for i in todo],
                             [generators[i] for i in todo], normalize_actions)
         for i, batch in zip(todo, out, strict=True):

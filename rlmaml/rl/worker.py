@@ -10,9 +10,10 @@ a batched env of K trajectories and a CPU copy of the policy. For one task it
 3. samples K trajectories with φ (repeated for more than one inner step);
 
 and returns every episode batch as numpy. Its randomness derives from (run seed, iteration, task index),
-so a retried call returns exactly the same data. ``sample_tasks`` does the same for several tasks in one call,
-one policy forward per time step for all of them (the local sampler hands it a whole meta-batch, each Ray actor
-call a share of it: ``rl.tasks_per_call``).
+so a retried call returns the same data: bit for bit when it holds the same tasks, as a task sampled with others
+shares a batched policy forward, which can round differently in the last bits. ``sample_tasks`` does the same
+for several tasks in one call, one policy forward per time step for all of them (the local sampler hands it a
+whole meta-batch, each Ray actor call a share of it: ``rl.tasks_per_call``).
 
 A non-finite number met while sampling (an observation or reward: the envs raise
 ``envs.base.NonFiniteStepError``; a policy output; the adapted parameters φ, i.e. the inner gradient) is a
@@ -202,7 +203,7 @@ def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params |
             action_buf = np.zeros((m, horizon, *action.shape[1:]), dtype=action.dtype)
         live = alive.reshape(m, k, *([1] * (action.ndim - 2)))
         action_buf[:, t] = np.where(live, action, 0)
-        obs_buf[running, t] = obs[running]
+        obs_buf[:, t] = np.where(alive[..., None], obs, 0.0)
         mask[:, t] = alive
         env_action = action if rescale is None else rescale(action)
         idx = np.flatnonzero(running)
