@@ -228,10 +228,10 @@ def _poison_trpo_terms(monkeypatch, state, change) -> None:
 
 def test_a_non_finite_adapted_phi_on_the_learner_skips_the_update_naming_task(tmp_path, capsys, monkeypatch,
                                                                               state) -> None:
-    def nan_phi_of_one_task(phis, old_logp, gradient, hvp, scale_hvp):
+    def nan_phi_of_one_task(phis, old_logp, gradient, hvp):
         phis = {k: v.clone() for k, v in phis.items()}
         next(iter(phis.values()))[BAD_TASK].fill_(math.nan)
-        return phis, old_logp, gradient, hvp, scale_hvp
+        return phis, old_logp, gradient, hvp
 
     _poison_trpo_terms(monkeypatch, state, nan_phi_of_one_task)
     run, learner = _train(tmp_path)
@@ -240,14 +240,14 @@ def test_a_non_finite_adapted_phi_on_the_learner_skips_the_update_naming_task(tm
 
 
 def test_a_non_finite_outer_gradient_skips_the_update(tmp_path, capsys, monkeypatch, state) -> None:
-    _poison_trpo_terms(monkeypatch, state, lambda phis, lp, g, hvp, sc: (phis, lp, g * math.nan, hvp, sc))
+    _poison_trpo_terms(monkeypatch, state, lambda phis, lp, g, hvp: (phis, lp, g * math.nan, hvp))
     run, learner = _train(tmp_path)
     bad = _assert_skipped_and_theta_kept(run, learner, capsys, "non-finite gradient")
     assert bad["grad_norm"] == "nan"
 
 
 def test_a_non_finite_hessian_vector_product_skips_the_update(tmp_path, capsys, monkeypatch, state) -> None:
-    _poison_trpo_terms(monkeypatch, state, lambda phis, lp, g, hvp, sc: (phis, lp, g, lambda v: hvp(v) * math.inf, sc))
+    _poison_trpo_terms(monkeypatch, state, lambda phis, lp, g, hvp: (phis, lp, g, lambda v: hvp(v) * math.inf))
     run, learner = _train(tmp_path)
     _assert_skipped_and_theta_kept(run, learner, capsys, "non-finite CG")
 

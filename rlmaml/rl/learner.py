@@ -145,8 +145,7 @@ class MetaLearner:
     def _trpo(self, tasks: list[TaskData]) -> dict[str, Any]:
         obj = self._objective(tasks)
         curvature_tasks = max(1, round(self.cfg.rl.cg_task_fraction * len(tasks)))
-        phis_old, old_logp, gradient, hvp, scale_hvp = obj.trpo_terms(self.params, self.trpo.cg_damping,
-                                                                      curvature_tasks)
+        phis_old, old_logp, gradient, hvp = obj.trpo_terms(self.params, self.trpo.cg_damping, curvature_tasks)
         bad_phi = self._nonfinite_phi(phis_old, tasks)
         if bad_phi:
             return _skipped(bad_phi)
@@ -160,8 +159,7 @@ class MetaLearner:
             return cache["phis"]
 
         result = trpo_step(self.params, lambda p: obj.surrogate_at(adapted(p), old_logp),
-                           lambda p: obj.kl_at(adapted(p), phis_old), self.trpo, gradient=gradient, hvp=hvp,
-                           scale_hvp=scale_hvp)
+                           lambda p: obj.kl_at(adapted(p), phis_old), self.trpo, gradient=gradient, hvp=hvp)
         if result.accepted and result.new_params is not None:
             with torch.no_grad():
                 for k, v in result.new_params.items():

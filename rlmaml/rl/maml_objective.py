@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -71,21 +70,6 @@ class MetaBatch:
     @property
     def num_tasks(self) -> int:
         return int(self.val["mask"].shape[0])
-
-
-class TrpoTerms(NamedTuple):
-    """What :meth:`MamlRlObjective.trpo_terms` gives the TRPO step."""
-
-    phis: Params
-    """Stacked φ_i(θ), detached."""
-    old_logp: Tensor
-    """log π_φi(a|s) on each task's D_val, detached."""
-    gradient: Tensor
-    """The flat surrogate meta-gradient over every task."""
-    hvp: Callable[[Tensor], Tensor]
-    """``v -> H v + damping v`` for conjugate gradient (on the curvature tasks)."""
-    scale_hvp: Callable[[Tensor], Tensor] | None
-    """The same over every task, when ``hvp`` covers only some (else None)."""
 
 
 class MamlRlObjective:
@@ -201,13 +185,13 @@ class MamlRlObjective:
 
         return hvp
 
-    def trpo_terms(self, params: Params, damping: float, curvature_tasks: int | None = None) -> TrpoTerms:
-        """At θ = ``params``: φ_old, old log-probs, the flat surrogate meta-gradient and ``v -> H v + damping v``.
+    def trpo_terms(self, params: Params, damping: float, curvature_tasks: int | None = None
+                   ) -> tuple[Params, Tensor, Tensor, Callable[[Tensor], Tensor]]:
+        """At θ = ``params``: (φ_old, old log-probs, flat surrogate meta-gradient, ``v -> H v + damping v``).
 
         The gradient is the exact second-order meta-gradient over every task. The curvature is exact over
         the first ``curvature_tasks`` tasks (default: all, the paper's setting); fewer trade exactness of the
-        CG direction for speed, and ``scale_hvp`` is then the exact curvature over every task, for scaling the
-        step to the trust region of the KL that the line search checks.
+        CG direction for speed, while the line search still checks the KL over every task.
         """
         n = self.batch.num_tasks
         theta, phis, pullback = self._linearize(params)
@@ -215,9 +199,8 @@ class MamlRlObjective:
         g_phi = vmap(grad(self._surrogate_one))(phis, self.batch.val, old_logp)
         gradient = flat_params({k: v.sum(0) for k, v in pullback(g_phi).items()}) / n
         m = n if curvature_tasks is None else max(1, min(n, curvature_tasks))
-        full = self._hvp(theta, phis, pullback, damping)
         if m == n:
-            return TrpoTerms(phis, old_logp, gradient, full, None)
+            return phis, old_logp, gradient, self._hvp(theta, phis, pullback, damping)
         sub = self.head(m)
         _, sub_phis, sub_pullback = sub._linearize(params)
-        return TrpoTerms(phis, old_logp, gradient, sub._hvp(theta, sub_phis, sub_pullback, damping), full)
+        return phis, old_logp, gradient, sub._hvp(theta, sub_phis, sub_pullback, damping)

@@ -113,7 +113,6 @@ def trpo_step(
     *,
     gradient: Tensor | None = None,
     hvp: Callable[[Tensor], Tensor] | None = None,
-    scale_hvp: Callable[[Tensor], Tensor] | None = None,
 ) -> TrpoResult:
     """One TRPO update minimising ``surrogate_fn`` subject to ``kl_fn ≤ cfg.max_kl``.
 
@@ -124,9 +123,6 @@ def trpo_step(
 
     A caller that can compute them faster may pass the flat surrogate ``gradient`` at ``params`` and an
     ``hvp`` (``v -> H v + damping v``); otherwise both come from double backprop through the two functions.
-    ``scale_hvp``, when given, is the curvature the step is scaled with (``xᵀ H x`` by one more product): the
-    exact KL Hessian where ``hvp`` only approximates it (e.g. on a subset of the data), so the full step lands
-    on the trust-region boundary of the real KL rather than of the approximation.
     """
     cfg = TrpoConfig() if cfg is None else cfg
     names = list(params)
@@ -159,11 +155,8 @@ def trpo_step(
     if hvp is None:
         hvp = hessian_vector_product(lambda: kl_fn(params), leaves, cfg.cg_damping)
     x, r = conjugate_gradient(hvp, -g, cfg.cg_iters, with_residual=True)
-    if scale_hvp is None:
-        xhx = float(x.dot(-g - r)) if all_finite([x, r]) else nan  # xᵀHx = xᵀ(b - r): no extra product
-    else:
-        xhx = float(x.dot(scale_hvp(x))) if all_finite([x]) else nan
-    del hvp, scale_hvp  # frees the KL graphs before the line search
+    xhx = float(x.dot(-g - r)) if all_finite([x, r]) else nan  # xᵀHx = xᵀ(b - r): no extra product
+    del hvp  # frees the KL graph before the line search
     if not math.isfinite(xhx):
         return skipped("non-finite CG", before, gnorm)
     if xhx <= 0.0:
