@@ -52,6 +52,17 @@ def test_sinusoid_presets_have_the_papers_settings() -> None:
     assert build_config("sinusoid-pretrained").maml.inner_steps == 0
 
 
+def test_nav2d_fast_is_nav2d_with_only_the_learner_speed_ups() -> None:
+    import dataclasses
+
+    fast, paper = build_config("nav2d-fast"), build_config("nav2d")
+    speed = {"cg_task_fraction": 0.25, "compile": True, "ls_kl_extrapolate": True}
+    assert {k: getattr(fast.rl, k) for k in speed} == speed
+    assert dataclasses.replace(fast.rl, **{k: getattr(paper.rl, k) for k in speed}) == paper.rl
+    assert dataclasses.replace(fast, rl=paper.rl, run=paper.run) == paper
+    assert dataclasses.replace(fast.run, name="nav2d") == paper.run
+
+
 def test_unknown_preset_is_a_config_error_naming_it() -> None:
     with pytest.raises(ConfigError, match="no-such-preset") as info:
         build_config("no-such-preset")

@@ -225,3 +225,64 @@ def test_trpo_step_skips_with_zero_gradient() -> None:
     params = {"w": torch.zeros(2, requires_grad=True)}
     result = trpo_step(params, lambda p: (p["w"] ** 2).sum(), lambda p: (p["w"] ** 2).sum())
     assert not result.accepted and result.reason == "zero gradient"
+
+
+def test_conjugate_gradient_without_early_stop_gives_the_same_finite_solution() -> None:
+    # the branch-free loop (for torch.compile) keeps iterating after convergence: the iterate must stay put
+    g = torch.Generator().manual_seed(2)
+    m = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    a = m @ m.T + torch.eye(4, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    x, r = conjugate_gradient(lambda v: a @ v, b, iters=12, with_residual=True)
+    x_all, r_all = conjugate_gradient(lambda v: a @ v, b, iters=12, with_residual=True, early_stop=False)
+    assert bool(torch.isfinite(x_all).all() and torch.isfinite(r_all).all())
+    torch.testing.assert_close(x_all, x)
+    torch.testing.assert_close(x_all, torch.linalg.solve(a, b))
+    assert bool((conjugate_gradient(lambda v: 2 * v, torch.zeros(3), early_stop=False) == 0).all())
+
+
+def test_trpo_step_with_a_given_cg_solution_takes_the_same_step() -> None:
+    policy, ep = _setup()
+    params = _leaf_params(policy)
+    surrogate_fn, kl_fn = _plain_fns(policy, ep, params)
+    cfg = TrpoConfig(max_kl=0.01)
+    leaves = list(params.values())
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(surrogate_fn(params), leaves)])
+    x, r = conjugate_gradient(hessian_vector_product(lambda: kl_fn(params), leaves, cfg.cg_damping), -g,
+                              cfg.cg_iters, with_residual=True)
+    given = trpo_step(params, surrogate_fn, kl_fn, cfg, gradient=g, solution=(x, r))
+    plain = trpo_step(params, surrogate_fn, kl_fn, cfg)
+    assert given.accepted and plain.accepted
+    assert given.new_params is not None and plain.new_params is not None
+    for n in params:
+        torch.testing.assert_close(given.new_params[n], plain.new_params[n])
+    with pytest.raises(ValueError, match="needs the gradient"):
+        trpo_step(params, surrogate_fn, kl_fn, cfg, solution=(x, r))
+
+
+@pytest.mark.parametrize("extrapolate", [False, True])
+def test_line_search_kl_extrapolation_skips_candidates_but_not_the_step(extrapolate: bool) -> None:
+    # The curvature handed to CG is 10x too small (as with rl.cg_task_fraction < 1), so the full step has
+    # 10x the allowed KL. Backtracking by 0.8 needs 0.8^(2j) <= 0.1: j = 6, the 7th candidate. Extrapolating
+    # the quadratic KL from the first candidate goes straight there: 2 evaluations, the same step.
+    w0 = torch.zeros(3, dtype=torch.float64)
+    params = {"w": w0.clone().requires_grad_(True)}
+    cfg = TrpoConfig(max_kl=0.01, ls_kl_extrapolate=extrapolate)
+    g = torch.ones(3, dtype=torch.float64)
+    result = trpo_step(params, lambda p: p["w"].sum(), lambda p: 0.5 * ((p["w"] - w0) ** 2).sum(), cfg,
+                       gradient=g, hvp=lambda v: 0.1 * v)
+    assert result.accepted and result.new_params is not None
+    assert result.ls_steps_taken == (2 if extrapolate else 7)
+    full = -math.sqrt(2 * cfg.max_kl / float(g.dot(g / 0.1))) * (g / 0.1)
+    torch.testing.assert_close(result.new_params["w"], 0.8**6 * full)
+    assert result.kl <= cfg.max_kl
+
+
+def test_line_search_kl_extrapolation_backtracks_one_step_on_a_non_finite_kl() -> None:
+    from rlmaml.rl.trpo import _backtracks
+
+    cfg = TrpoConfig(max_kl=0.01, ls_ratio=0.8, ls_kl_extrapolate=True)
+    assert _backtracks(math.nan, cfg) == 1
+    assert _backtracks(0.005, cfg) == 1  # rejected for the surrogate, not the KL
+    assert _backtracks(0.0101, cfg) == 1
+    assert _backtracks(0.1, cfg) == 6

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from rlmaml.config import Config
 from rlmaml.meta import Params, all_finite
 from rlmaml.rl.episodes import Episodes
-from rlmaml.rl.maml_objective import MamlRlObjective, MetaBatch
+from rlmaml.rl.maml_objective import MamlRlObjective, MetaBatch, compiled_natural_direction, natural_direction
 from rlmaml.rl.objectives import inner_loss, with_advantages
 from rlmaml.rl.policies import make_policy, params_to_numpy
 from rlmaml.rl.trpo import TrpoConfig, trpo_step
@@ -54,7 +55,10 @@ class MetaLearner:
         self.params: Params = {k: v.detach().clone().requires_grad_(True) for k, v in self.policy.named_parameters()}
         self.inner_loss = inner_loss(self.policy, r.inner_loss)  # type: ignore[arg-type]
         self.trpo = TrpoConfig(max_kl=r.max_kl, cg_iters=r.cg_iters, cg_damping=r.cg_damping,
-                               ls_steps=r.ls_steps, ls_ratio=r.ls_ratio)
+                               ls_steps=r.ls_steps, ls_ratio=r.ls_ratio,
+                               ls_kl_extrapolate=r.ls_kl_extrapolate)
+        self.direction = compiled_natural_direction(self.policy) if r.compile else None
+        """The compiled TRPO direction (``rl.compile``); None runs it eagerly, step by step."""
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.optim.meta_lr) if r.outer == "ppo" else None
         self.tasks: dict[int, TaskData] = {}
         self.invalid: dict[int, str] = {}
@@ -145,7 +149,12 @@ class MetaLearner:
     def _trpo(self, tasks: list[TaskData]) -> dict[str, Any]:
         obj = self._objective(tasks)
         curvature_tasks = max(1, round(self.cfg.rl.cg_task_fraction * len(tasks)))
-        phis_old, old_logp, gradient, hvp = obj.trpo_terms(self.params, self.trpo.cg_damping, curvature_tasks)
+        hvp, solution = None, None
+        if self.direction is not None:
+            phis_old, old_logp, gradient, x, r = self._compiled_direction(obj, curvature_tasks)
+            solution = (x, r)
+        if solution is None:
+            phis_old, old_logp, gradient, hvp = obj.trpo_terms(self.params, self.trpo.cg_damping, curvature_tasks)
         bad_phi = self._nonfinite_phi(phis_old, tasks)
         if bad_phi:
             return _skipped(bad_phi)
@@ -159,7 +168,8 @@ class MetaLearner:
             return cache["phis"]
 
         result = trpo_step(self.params, lambda p: obj.surrogate_at(adapted(p), old_logp),
-                           lambda p: obj.kl_at(adapted(p), phis_old), self.trpo, gradient=gradient, hvp=hvp)
+                           lambda p: obj.kl_at(adapted(p), phis_old), self.trpo, gradient=gradient, hvp=hvp,
+                           solution=solution)
         if result.accepted and result.new_params is not None:
             with torch.no_grad():
                 for k, v in result.new_params.items():
@@ -167,6 +177,19 @@ class MetaLearner:
         return {"accepted": result.accepted, "reason": result.reason, "surrogate_before": result.surrogate_before,
                 "surrogate_after": result.surrogate_after, "kl": result.kl, "grad_norm": result.grad_norm,
                 "ls_steps": result.ls_steps_taken}
+
+    def _compiled_direction(self, obj: MamlRlObjective, curvature_tasks: int) -> tuple[Any, ...]:
+        """``natural_direction`` through torch.compile; on a compile failure, a warning and eager from then on."""
+        assert self.direction is not None
+        params = {k: v.detach() for k, v in self.params.items()}
+        try:
+            return self.direction(obj, params, self.trpo.cg_damping, self.trpo.cg_iters, curvature_tasks)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: the eager path computes the same numbers
+            cause = next((line for line in str(err).splitlines() if line.strip() and "raised:" not in line), "")
+            warnings.warn(f"rl.compile: torch.compile failed, running the learner eagerly: {type(err).__name__}: "
+                          f"{cause}", stacklevel=2)
+            self.direction = None
+            return natural_direction(obj, params, self.trpo.cg_damping, self.trpo.cg_iters, curvature_tasks)
 
     def _ppo(self, tasks: list[TaskData]) -> dict[str, Any]:
         """ProMP-style outer step: Adam on the clipped surrogate for ``ppo_epochs`` epochs."""

@@ -7,10 +7,12 @@ Curvature. TRPO needs Hessian-vector products of the mean KL between the old and
 policies, ``KL(θ') = mean_i KL(π_φi(θ) || π_φi(θ'))``, at ``θ' = θ``. By the chain rule
 ``∇²KL = mean_i [J_iᵀ F_i J_i + Σ_k (∂KL_i/∂φ_k) ∇²φ_k]`` with ``J_i = ∂φ_i/∂θ`` and ``F_i`` the KL Hessian
 at ``φ_i`` (the Fisher of the post-update policy on D_val). At ``θ' = θ`` the KL is at its minimum in φ, so
-``∂KL/∂φ = 0`` and the product is *exactly* ``mean_i J_iᵀ F_i J_i v``: a forward-mode JVP through the inner
-step, a Fisher-vector product, and a VJP back. That is second-order work where naive double backprop
-through the adapted KL is third order, and it measured several times faster (benchmarks/nav2d_speed.py).
-The surrogate's meta-gradient reuses the same VJP.
+``∂KL/∂φ = 0`` and the product is *exactly* ``mean_i J_iᵀ F_i J_i v``: ``J_i v`` through the inner step, a
+Fisher-vector product, and a VJP back. That is second-order work where naive double backprop through the
+adapted KL is third order, and it measured several times faster (benchmarks/nav2d_speed.py). The surrogate's
+meta-gradient reuses the same VJP. Every product is a ``torch.func`` VJP (``J_i v`` is the transpose of the VJP,
+itself a VJP, or the VJP again for one inner step, where ``J_i`` is symmetric), so the whole TRPO direction
+(:func:`natural_direction`) can go through ``torch.compile`` (``rl.compile``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, jvp, vmap
+from torch.func import grad, vjp, vmap
 
 from rlmaml.meta import LossFn, Params, adapt
 from rlmaml.rl.episodes import Episodes
-from rlmaml.rl.objectives import log_probs, mean_kl, ppo_clip_loss, surrogate_loss
+from rlmaml.rl.objectives import log_probs, mean_kl, policy_kl, ppo_clip_loss, surrogate_loss
 from rlmaml.rl.policies import flat_params, policy_distribution, set_flat_params
+from rlmaml.rl.trpo import conjugate_gradient
 
 FIELDS = ("observations", "actions", "rewards", "mask", "advantages")
 Stacked = dict[str, Tensor]
@@ -142,45 +145,39 @@ class MamlRlObjective:
         """θ, stacked φ_i(θ) (detached), and ``w -> J_iᵀ w_i`` for every task at once.
 
         θ is copied once per task (``θ_b``), so one reverse pass through the vmapped adaptation gives every
-        task's own ``J_iᵀ w_i`` rather than their sum.
+        task's own ``J_iᵀ w_i`` rather than their sum. Pure ``torch.func`` (no retained autograd graph), so
+        that :func:`natural_direction` can be compiled.
         """
         n = self.batch.num_tasks
-        names = list(params)
         theta = {k: v.detach() for k, v in params.items()}
-        theta_b = {k: v.unsqueeze(0).expand(n, *v.shape).clone().requires_grad_(True) for k, v in theta.items()}
-        phis_b = vmap(self._adapt_one, in_dims=(0, 0))(theta_b, self.batch.train) if self.batch.train else theta_b
-
-        def pullback(w: Params) -> Params:
-            out = torch.autograd.grad([phis_b[k] for k in names], [theta_b[k] for k in names],
-                                      [w[k] for k in names], retain_graph=True, allow_unused=True)
-            return {k: (w[k] if g is None else g) for k, g in zip(names, out, strict=True)}
-
-        return theta, {k: v.detach() for k, v in phis_b.items()}, pullback
+        theta_b = {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in theta.items()}
+        if not self.batch.train:
+            return theta, theta_b, lambda w: w
+        phis_b, vjp_fn = vjp(lambda tb: vmap(self._adapt_one, in_dims=(0, 0))(tb, self.batch.train), theta_b)
+        return theta, {k: v.detach() for k, v in phis_b.items()}, lambda w: vjp_fn(w)[0]
 
     def _hvp(self, theta: Params, phis: Params, pullback: Callable[[Params], Params],
              damping: float) -> Callable[[Tensor], Tensor]:
         """Exact ``v -> mean_i J_iᵀ F_i J_i v + damping v`` at θ (see the module docstring)."""
         n = self.batch.num_tasks
-        names = list(theta)
-        phi_leaf = {k: v.clone().requires_grad_(True) for k, v in phis.items()}
-        kl_grad = vmap(lambda p, p_old, val: grad(lambda q: self._kl_one(q, p_old, val))(p))(
-            phi_leaf, phis, self.batch.val)
 
-        def fisher(u: Params) -> Params:  # per task F_i u_i
-            out = torch.autograd.grad([kl_grad[k] for k in names], [phi_leaf[k] for k in names],
-                                      [u[k] for k in names], retain_graph=True)
-            return dict(zip(names, out, strict=True))
+        def kl_grad(p: Params) -> Params:
+            return vmap(lambda q, q_old, val: grad(lambda z: self._kl_one(z, q_old, val))(q))(p, phis, self.batch.val)
 
-        one_step = len(self.batch.train) == 1
+        _, fisher_vjp = vjp(kl_grad, phis)  # per task F_i u_i (F_i is symmetric)
 
-        def forward(v: Params) -> Params:  # per task J_i v: J_i is symmetric for one inner step
-            if one_step:
-                return pullback({k: x.unsqueeze(0).expand(n, *x.shape) for k, x in v.items()})
-            return jvp(self.adapted, (theta,), (v,))[1]
+        def expand(v: Params) -> Params:
+            return {k: x.unsqueeze(0).expand(n, *x.shape) for k, x in v.items()}
+
+        if len(self.batch.train) <= 1:  # J_i is symmetric for one inner step (and the identity for none)
+            forward = pullback
+        else:  # J_i v_i as the transpose of the linear map w -> J_iᵀ w_i: reverse mode only, so it compiles
+            _, transpose = vjp(pullback, {k: torch.zeros_like(x) for k, x in phis.items()})
+            forward = lambda w: transpose(w)[0]  # noqa: E731
 
         def hvp(v_flat: Tensor) -> Tensor:
             v_flat = v_flat.detach()
-            hv = pullback(fisher(forward(set_flat_params(theta, v_flat))))
+            hv = pullback(fisher_vjp(forward(expand(set_flat_params(theta, v_flat))))[0])
             return flat_params({k: x.sum(0) for k, x in hv.items()}) / n + damping * v_flat
 
         return hvp
@@ -204,3 +201,31 @@ class MamlRlObjective:
         sub = self.head(m)
         _, sub_phis, sub_pullback = sub._linearize(params)
         return phis, old_logp, gradient, sub._hvp(theta, sub_phis, sub_pullback, damping)
+
+
+def natural_direction(obj: MamlRlObjective, params: Params, damping: float, cg_iters: int,
+                      curvature_tasks: int | None = None) -> tuple[Params, Tensor, Tensor, Tensor, Tensor]:
+    """φ_old, old log-probs, the flat meta-gradient ``g``, and CG's solution ``x`` of ``H x = -g`` with its
+    residual ``r``: the whole of TRPO's work before the line search, as one function.
+
+    It has no data-dependent branch (CG runs all ``cg_iters`` iterations), so ``torch.compile`` can trace it
+    whole and fuse the many elementwise passes of the Hessian-vector products (``rl.compile``).
+    """
+    phis, old_logp, gradient, hvp = obj.trpo_terms(params, damping, curvature_tasks)
+    x, r = conjugate_gradient(hvp, -gradient, cg_iters, with_residual=True, early_stop=False)
+    return phis, old_logp, gradient, x, r
+
+
+def compiled_natural_direction(policy: nn.Module) -> Callable[..., tuple[Params, Tensor, Tensor, Tensor, Tensor]]:
+    """:func:`natural_direction` through ``torch.compile`` (compiled on first call, again if shapes change).
+
+    ``torch.distributions.kl_divergence`` memoises its type dispatch in a global dict on first use, and a
+    first use inside the traced function fails to compile; one eager KL of the policy's own distribution
+    fills that entry first.
+    """
+    weight = next(policy.parameters())
+    with torch.no_grad():
+        dist = policy_distribution(policy, dict(policy.named_parameters()),
+                                   weight.new_zeros(1, policy.obs_dim))
+        policy_kl(dist, dist)
+    return torch.compile(natural_direction, dynamic=False)

@@ -27,6 +27,9 @@ class TrpoConfig:
     cg_damping: float = 1e-5
     ls_steps: int = 15
     ls_ratio: float = 0.8
+    ls_kl_extrapolate: bool = False
+    """Skip the candidates whose KL, extrapolated quadratically from a candidate rejected for its KL, is over
+    ``max_kl``: the same step when the KL is quadratic in the step length, in fewer evaluations."""
 
 
 @dataclass(frozen=True)
@@ -81,27 +84,30 @@ def hessian_vector_product(
 
 def conjugate_gradient(
     Avp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, residual_tol: float = 1e-10,
-    with_residual: bool = False,
+    with_residual: bool = False, early_stop: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given only ``v -> A v``.
 
     ``with_residual`` also returns the residual ``r = b - A x`` that CG keeps up to date, so that ``xᵀ A x =
     xᵀ (b - r)`` needs no further product with ``A`` (TRPO's step scaling saves one Hessian-vector product).
+    Once the squared residual is at most ``residual_tol`` the iterate stops changing; ``early_stop`` also
+    leaves the loop then. Without it the loop has no data-dependent branch, which ``torch.compile`` needs.
     """
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rr = r.dot(r)
     for _ in range(iters):
-        if rr <= residual_tol:
+        if early_stop and rr <= residual_tol:
             break
+        live = rr > residual_tol
         Ap = Avp(p)
-        alpha = rr / p.dot(Ap)
+        alpha = torch.where(live, rr / p.dot(Ap), torch.zeros_like(rr))
         x = x + alpha * p
         r = r - alpha * Ap
         rr_new = r.dot(r)
-        p = r + (rr_new / rr) * p
-        rr = rr_new
+        p = r + torch.where(live, rr_new / rr, torch.zeros_like(rr)) * p
+        rr = torch.where(live, rr_new, rr)
     return (x, r) if with_residual else x
 
 
@@ -113,6 +119,7 @@ def trpo_step(
     *,
     gradient: Tensor | None = None,
     hvp: Callable[[Tensor], Tensor] | None = None,
+    solution: tuple[Tensor, Tensor] | None = None,
 ) -> TrpoResult:
     """One TRPO update minimising ``surrogate_fn`` subject to ``kl_fn ≤ cfg.max_kl``.
 
@@ -123,6 +130,8 @@ def trpo_step(
 
     A caller that can compute them faster may pass the flat surrogate ``gradient`` at ``params`` and an
     ``hvp`` (``v -> H v + damping v``); otherwise both come from double backprop through the two functions.
+    With ``gradient``, a caller that solved ``H x = -g`` itself (for instance in a compiled function) passes
+    ``solution=(x, r)``, ``r`` the residual ``-g - H x``; no product with ``H`` is then taken here.
     """
     cfg = TrpoConfig() if cfg is None else cfg
     names = list(params)
@@ -152,9 +161,14 @@ def trpo_step(
     if gnorm == 0.0:
         return skipped("zero gradient", before, gnorm)
 
-    if hvp is None:
-        hvp = hessian_vector_product(lambda: kl_fn(params), leaves, cfg.cg_damping)
-    x, r = conjugate_gradient(hvp, -g, cfg.cg_iters, with_residual=True)
+    if solution is not None:
+        if gradient is None:
+            raise ValueError("trpo_step: a CG solution needs the gradient it solved for")
+        x, r = (t.detach() for t in solution)
+    else:
+        if hvp is None:
+            hvp = hessian_vector_product(lambda: kl_fn(params), leaves, cfg.cg_damping)
+        x, r = conjugate_gradient(hvp, -g, cfg.cg_iters, with_residual=True)
     xhx = float(x.dot(-g - r)) if all_finite([x, r]) else nan  # xᵀHx = xᵀ(b - r): no extra product
     del hvp  # frees the KL graph before the line search
     if not math.isfinite(xhx):
@@ -167,12 +181,23 @@ def trpo_step(
 
     theta = flat_params({n: p.detach() for n, p in params.items()})
     after, kl = nan, nan
-    for i in range(cfg.ls_steps):
+    i, tried = 0, 0
+    while i < cfg.ls_steps:
         candidate = set_flat_params(params, theta + (cfg.ls_ratio**i) * full_step)
         with torch.no_grad():
             after = float(surrogate_fn(candidate))
             kl = float(kl_fn(candidate))
+        tried += 1
         if math.isfinite(after) and math.isfinite(kl) and after < before and kl <= cfg.max_kl:
             new_params = {n: p.detach().clone() for n, p in candidate.items()}
-            return TrpoResult(new_params, True, "ok", before, after, kl, gnorm, i + 1)
-    return skipped("line search failed", before, gnorm, after, kl, cfg.ls_steps)
+            return TrpoResult(new_params, True, "ok", before, after, kl, gnorm, tried)
+        i += _backtracks(kl, cfg) if cfg.ls_kl_extrapolate else 1
+    return skipped("line search failed", before, gnorm, after, kl, tried)
+
+
+def _backtracks(kl: float, cfg: TrpoConfig) -> int:
+    """How many ``ls_ratio`` backtracks to take after a candidate with this KL: the fewest after which the KL,
+    quadratic in the step length near θ, is within ``max_kl`` (at least one)."""
+    if not (math.isfinite(kl) and kl > cfg.max_kl):
+        return 1
+    return max(1, math.ceil(math.log(cfg.max_kl / kl) / (2.0 * math.log(cfg.ls_ratio)) - 1e-9))
