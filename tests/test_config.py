@@ -63,6 +63,13 @@ def test_nav2d_fast_is_nav2d_with_only_the_learner_speed_ups() -> None:
     assert dataclasses.replace(fast.run, name="nav2d") == paper.run
 
 
+def test_compiling_the_learner_with_step_budget_batches_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="rl.compile=true needs rl.batch=trajectories") as info:
+        build_config("nav2d-fast", ["rl.batch=steps"])
+    assert "\n" not in str(info.value)
+    assert build_config("nav2d-fast", ["eval.batch=steps"]).rl.compile  # test-time batches do not matter
+
+
 def test_unknown_preset_is_a_config_error_naming_it() -> None:
     with pytest.raises(ConfigError, match="no-such-preset") as info:
         build_config("no-such-preset")

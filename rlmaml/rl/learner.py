@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class MetaLearner:
                                ls_kl_extrapolate=r.ls_kl_extrapolate)
         self.direction = compiled_natural_direction(self.policy) if r.compile else None
         """The compiled TRPO direction (``rl.compile``); None runs it eagerly, step by step."""
+        self.compiled_once = False
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.optim.meta_lr) if r.outer == "ppo" else None
         self.tasks: dict[int, TaskData] = {}
         self.invalid: dict[int, str] = {}
@@ -182,8 +184,13 @@ class MetaLearner:
         """``natural_direction`` through torch.compile; on a compile failure, a warning and eager from then on."""
         assert self.direction is not None
         params = {k: v.detach() for k, v in self.params.items()}
+        if not self.compiled_once:
+            print("rlmaml: compiling the learner's TRPO step (rl.compile; a minute or two, once per run)",
+                  file=sys.stderr, flush=True)
         try:
-            return self.direction(obj, params, self.trpo.cg_damping, self.trpo.cg_iters, curvature_tasks)
+            out = self.direction(obj, params, self.trpo.cg_damping, self.trpo.cg_iters, curvature_tasks)
+            self.compiled_once = True
+            return out
         except Exception as err:  # noqa: BLE001 - any compiler failure: the eager path computes the same numbers
             cause = next((line for line in str(err).splitlines() if line.strip() and "raised:" not in line), "")
             warnings.warn(f"rl.compile: torch.compile failed, running the learner eagerly: {type(err).__name__}: "

@@ -196,8 +196,12 @@ def trpo_step(
 
 
 def _backtracks(kl: float, cfg: TrpoConfig) -> int:
-    """How many ``ls_ratio`` backtracks to take after a candidate with this KL: the fewest after which the KL,
-    quadratic in the step length near θ, is within ``max_kl`` (at least one)."""
+    """How many ``ls_ratio`` backtracks to take after a candidate with this KL (at least one).
+
+    The fewest after which the KL, quadratic in the step length, would be within ``max_kl``, less one: the KL
+    grows faster than quadratically far from θ, so from a long rejected step the quadratic guess overshoots,
+    and the candidate one longer often fits. If it does not, the next call backtracks by one.
+    """
     if not (math.isfinite(kl) and kl > cfg.max_kl):
         return 1
-    return max(1, math.ceil(math.log(cfg.max_kl / kl) / (2.0 * math.log(cfg.ls_ratio)) - 1e-9))
+    return max(1, math.ceil(math.log(cfg.max_kl / kl) / (2.0 * math.log(cfg.ls_ratio)) - 1e-9) - 1)
