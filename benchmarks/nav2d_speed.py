@@ -91,7 +91,7 @@ def main() -> None:
     print(f"{'  the same, one task per call':<44} {t_one_by_one:>9.2f}")
     if cfg.rl.compile:
         print(f"{'  first learner step (torch.compile)':<44} {t_compile:>9.2f}")
-    print(f"{'learner TRPO step, exact J^T F J curvature':<44} {t_fast:>9.2f}")
+    print(f"{'learner TRPO step, J^T F J curvature':<44} {t_fast:>9.2f}")
     print(f"{'learner TRPO step, naive 3rd-order HVP':<44} {t_naive:>9.2f}")
     print(f"{'meta-iteration (sampling + learner)':<44} {t_sample + t_fast:>9.2f}")
     print(f"env steps/s while sampling: {steps / t_sample:,.0f};  goal (nav2d): <= 1 s per meta-iteration")

@@ -13,7 +13,7 @@ from test_maml_objective import make_objective
 from rlmaml.config import build_config
 from rlmaml.rl import learner as learner_module
 from rlmaml.rl.learner import MetaLearner
-from rlmaml.rl.maml_objective import compiled_natural_direction, natural_direction
+from rlmaml.rl.maml_objective import candidate_terms, compiled, natural_direction
 from rlmaml.rl.policies import GaussianMLPPolicy
 from rlmaml.rl.trainer import make_task_distribution, task_requests
 from rlmaml.rl.trpo import conjugate_gradient
@@ -50,11 +50,18 @@ def test_compiled_natural_direction_equals_eager(steps: int) -> None:
     obj = make_objective(policy, steps, False, False)
     # 3 CG iterations: on this tiny, ill-conditioned system 10 would amplify float64 rounding to 1e-8
     eager = natural_direction(obj, params, 1e-3, 3, 2)
-    compiled = compiled_natural_direction(policy)(obj, params, 1e-3, 3, 2)
+    compiled_out = compiled(policy, natural_direction)(obj, params, 1e-3, 3, 2)
     for k in eager[0]:
-        torch.testing.assert_close(compiled[0][k], eager[0][k], rtol=1e-12, atol=1e-14)
-    for got, want in zip(compiled[1:], eager[1:], strict=True):
+        torch.testing.assert_close(compiled_out[0][k], eager[0][k], rtol=1e-12, atol=1e-14)
+    for got, want in zip(compiled_out[1:], eager[1:], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # the line search's candidate terms too, at a point off θ
+    candidate = {k: v + 0.01 * torch.randn_like(v) for k, v in params.items()}
+    want = candidate_terms(obj, candidate, eager[1], eager[0])
+    got = compiled(policy, candidate_terms)(obj, candidate, eager[1], eager[0])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+    assert float(want[1]) > 0
 
 
 def _learners_on_one_batch(overrides: list[str]) -> tuple[MetaLearner, MetaLearner]:
@@ -75,13 +82,13 @@ def test_a_learner_whose_compile_fails_warns_and_takes_the_eager_step(monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("InductorError: no working C++ compiler")
 
-    monkeypatch.setattr(learner_module, "compiled_natural_direction", lambda policy: broken)
+    monkeypatch.setattr(learner_module, "compiled", lambda policy, fn: broken)
     eager, compiling = _learners_on_one_batch([])
     want = eager.step()
     with pytest.warns(UserWarning, match="rl.compile: torch.compile failed, running the learner eagerly: "
                                          "RuntimeError: InductorError: no working C"):
         got = compiling.step()
-    assert compiling.direction is None  # eager from now on: no second attempt, no second warning
+    assert compiling.direction is None and compiling.candidate is candidate_terms  # eager from now on, no 2nd warning
     assert got["accepted"] and want["accepted"]
     for k in eager.params:
         torch.testing.assert_close(compiling.params[k], eager.params[k], rtol=1e-4, atol=1e-6)
@@ -91,7 +98,7 @@ def test_a_learner_whose_compile_fails_warns_and_takes_the_eager_step(monkeypatc
 def test_a_compiling_learner_takes_the_eager_learners_step() -> None:
     eager, compiling = _learners_on_one_batch(["run.seed=3"])
     want, got = eager.step(), compiling.step()
-    assert compiling.direction is not None  # it did compile
+    assert compiling.direction is not None and compiling.candidate is not candidate_terms  # it did compile
     assert got["accepted"] and want["accepted"]
     assert got["kl"] <= compiling.trpo.max_kl
     # float32 rounding differs between the compiled and eager kernels, and 10 CG iterations amplify it: the

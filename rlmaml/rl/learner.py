@@ -25,7 +25,7 @@ import torch
 from rlmaml.config import Config
 from rlmaml.meta import Params, all_finite
 from rlmaml.rl.episodes import Episodes
-from rlmaml.rl.maml_objective import MamlRlObjective, MetaBatch, compiled_natural_direction, natural_direction
+from rlmaml.rl.maml_objective import MamlRlObjective, MetaBatch, candidate_terms, compiled, natural_direction
 from rlmaml.rl.objectives import inner_loss, with_advantages
 from rlmaml.rl.policies import make_policy, params_to_numpy
 from rlmaml.rl.trpo import TrpoConfig, trpo_step
@@ -58,8 +58,10 @@ class MetaLearner:
         self.trpo = TrpoConfig(max_kl=r.max_kl, cg_iters=r.cg_iters, cg_damping=r.cg_damping,
                                ls_steps=r.ls_steps, ls_ratio=r.ls_ratio,
                                ls_kl_extrapolate=r.ls_kl_extrapolate)
-        self.direction = compiled_natural_direction(self.policy) if r.compile else None
+        self.direction = compiled(self.policy, natural_direction) if r.compile else None
         """The compiled TRPO direction (``rl.compile``); None runs it eagerly, step by step."""
+        self.candidate = compiled(self.policy, candidate_terms) if r.compile else candidate_terms
+        """The line search's surrogate and KL at a candidate, compiled with ``rl.compile``."""
         self.compiled_once = False
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.optim.meta_lr) if r.outer == "ppo" else None
         self.tasks: dict[int, TaskData] = {}
@@ -161,17 +163,17 @@ class MetaLearner:
         if bad_phi:
             return _skipped(bad_phi)
         # φ(θ) is known already: the surrogate before the step needs no second adaptation.
-        cache: dict[str, Any] = {"key": self.params, "phis": phis_old}
+        cache: dict[str, Any] = {"key": self.params, "terms": (obj.surrogate_at(phis_old, old_logp), None)}
 
-        def adapted(params: Params) -> Params:
+        def terms(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
             # The line search evaluates surrogate and KL at the same candidate: adapt once per candidate.
             if cache["key"] is not params:
-                cache["key"], cache["phis"] = params, obj.adapted(params)
-            return cache["phis"]
+                cache["key"], cache["terms"] = params, self._compiled(
+                    "candidate", candidate_terms, obj, {k: v.detach() for k, v in params.items()}, old_logp, phis_old)
+            return cache["terms"]
 
-        result = trpo_step(self.params, lambda p: obj.surrogate_at(adapted(p), old_logp),
-                           lambda p: obj.kl_at(adapted(p), phis_old), self.trpo, gradient=gradient, hvp=hvp,
-                           solution=solution)
+        result = trpo_step(self.params, lambda p: terms(p)[0], lambda p: terms(p)[1], self.trpo, gradient=gradient,
+                           hvp=hvp, solution=solution)
         if result.accepted and result.new_params is not None:
             with torch.no_grad():
                 for k, v in result.new_params.items():
@@ -181,22 +183,30 @@ class MetaLearner:
                 "ls_steps": result.ls_steps_taken}
 
     def _compiled_direction(self, obj: MamlRlObjective, curvature_tasks: int) -> tuple[Any, ...]:
-        """``natural_direction`` through torch.compile; on a compile failure, a warning and eager from then on."""
-        assert self.direction is not None
+        """``natural_direction`` through torch.compile (see :meth:`_compiled`)."""
         params = {k: v.detach() for k, v in self.params.items()}
         if not self.compiled_once:
             print("rlmaml: compiling the learner's TRPO step (rl.compile; a minute or two, once per run)",
                   file=sys.stderr, flush=True)
+        out = self._compiled("direction", natural_direction, obj, params, self.trpo.cg_damping, self.trpo.cg_iters,
+                             curvature_tasks)
+        self.compiled_once = self.direction is not None
+        return out
+
+    def _compiled(self, name: str, eager: Any, *args: Any) -> Any:
+        """``self.<name>(*args)``, compiled with ``rl.compile``. If compiling fails: one warning, then ``eager``
+        here and for every compiled function from then on (it computes the same numbers)."""
+        fn = getattr(self, name)
+        if fn is eager:
+            return eager(*args)
         try:
-            out = self.direction(obj, params, self.trpo.cg_damping, self.trpo.cg_iters, curvature_tasks)
-            self.compiled_once = True
-            return out
+            return fn(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure: the eager path computes the same numbers
             cause = next((line for line in str(err).splitlines() if line.strip() and "raised:" not in line), "")
             warnings.warn(f"rl.compile: torch.compile failed, running the learner eagerly: {type(err).__name__}: "
-                          f"{cause}", stacklevel=2)
-            self.direction = None
-            return natural_direction(obj, params, self.trpo.cg_damping, self.trpo.cg_iters, curvature_tasks)
+                          f"{cause}", stacklevel=3)
+            self.direction, self.candidate = None, candidate_terms
+            return eager(*args)
 
     def _ppo(self, tasks: list[TaskData]) -> dict[str, Any]:
         """ProMP-style outer step: Adam on the clipped surrogate for ``ppo_epochs`` epochs."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -216,16 +217,21 @@ def natural_direction(obj: MamlRlObjective, params: Params, damping: float, cg_i
     return phis, old_logp, gradient, x, r
 
 
-def compiled_natural_direction(policy: nn.Module) -> Callable[..., tuple[Params, Tensor, Tensor, Tensor, Tensor]]:
-    """:func:`natural_direction` through ``torch.compile`` (compiled on first call, again if shapes change).
+def candidate_terms(obj: MamlRlObjective, params: Params, old_logp: Tensor, phis_old: Params) -> tuple[Tensor, Tensor]:
+    """The line search's surrogate and KL at a candidate θ': both on the φ_i(θ') of one adaptation."""
+    phis = obj.adapted(params)
+    return obj.surrogate_at(phis, old_logp), obj.kl_at(phis, phis_old)
 
-    ``torch.distributions.kl_divergence`` memoises its type dispatch in a global dict on first use, and a
-    first use inside the traced function fails to compile; one eager KL of the policy's own distribution
-    fills that entry first.
+
+def compiled(policy: nn.Module, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (:func:`natural_direction` or :func:`candidate_terms`) through ``torch.compile``, for ``policy``.
+
+    Compiled on first call, and again if the shapes change. ``torch.distributions.kl_divergence`` memoises its
+    type dispatch in a global dict on first use, and a first use inside the traced function fails to compile;
+    one eager KL of the policy's own distribution fills that entry first.
     """
     weight = next(policy.parameters())
     with torch.no_grad():
-        dist = policy_distribution(policy, dict(policy.named_parameters()),
-                                   weight.new_zeros(1, policy.obs_dim))
+        dist = policy_distribution(policy, dict(policy.named_parameters()), weight.new_zeros(1, policy.obs_dim))
         policy_kl(dist, dist)
-    return torch.compile(natural_direction, dynamic=False)
+    return torch.compile(fn, dynamic=False)
