@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks that need a CUDA GPU; each section prints a table. Run from anywhere:
 #
-#   benchmarks/gpu_check.sh            # every section
-#   benchmarks/gpu_check.sh learner    # one section
+#   benchmarks/gpu_check.sh            # the default sections: learner, supervised
+#   benchmarks/gpu_check.sh learner    # one section (compile runs only when asked for)
 #
 # Without CUDA it says so and exits 0. Sections keep to a minute or two each (a GPU session is short).
 # GPU_CHECK_DRY_RUN=1 runs the sections on the CPU in place of CUDA (to test this script without a GPU;
@@ -16,6 +16,9 @@
 #   supervised  One second-order Omniglot meta-step (5-way 1-shot T=32 and 20-way 1-shot T=16) through
 #            rlmaml.meta (loop and vmap) against the `higher` library on cuda (goal: >= 3x faster than higher),
 #            and the meta-gradient on cuda against the cpu (float32 tolerance); a sinusoid meta-step likewise.
+#   compile  (not in the default set: ask for it) The learner with rl.compile=true on cuda at nav2d's paper size
+#            and with nav2d-fast's settings: the compiling first step, then the eager and compiled steps timed,
+#            and their meta-gradient norm and surrogate compared (float32 tolerance).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
@@ -180,6 +183,60 @@ sys.exit(0 if ok else 1)
 PYEOF
 }
 
+section_compile() {
+    echo "== compile: the nav2d learner with rl.compile on $([[ "${GPU_CHECK_DRY_RUN:-0}" == 1 ]] && echo cpu || echo cuda) =="
+    local dev=cuda
+    [[ "${GPU_CHECK_DRY_RUN:-0}" == "1" ]] && dev=cpu
+    timeout "${GPU_CHECK_COMPILE_TIMEOUT:-360}" "$PY" - "$dev" <<'PYEOF'
+import sys, time
+
+import torch
+
+from rlmaml.config import build_config
+from rlmaml.rl.learner import MetaLearner
+from rlmaml.rl.trainer import make_task_distribution, task_requests
+from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+
+dev = torch.device(sys.argv[1])
+ok = True
+print(f"{'preset':<12} {'first compiled step':>20} {'eager step':>11} {'compiled step':>14} {'|g| rel diff':>13}")
+for preset in ("nav2d", "nav2d-fast"):
+    base = [f"run.device={dev.type}", "rl.compile=false"]
+    cfg = build_config(preset, base)
+    worker = RolloutWorker(WorkerSpec.from_config(cfg))
+    results = worker.sample_tasks(MetaLearner(cfg, *worker.spaces(), torch.device("cpu")).weights(),
+                                  task_requests(cfg, make_task_distribution(cfg), 0))
+
+    def timed_step(learner):
+        for r in results:
+            learner.add_task(r)
+        theta = {k: v.detach().clone() for k, v in learner.params.items()}
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        metrics = learner.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        with torch.no_grad():
+            for k, v in theta.items():
+                learner.params[k].copy_(v)
+        return time.perf_counter() - start, metrics
+
+    eager = MetaLearner(cfg, *worker.spaces(), dev)
+    compiling = MetaLearner(build_config(preset, [*base, "rl.compile=true"]), *worker.spaces(), dev)
+    timed_step(eager)  # warm-up: kernel loading
+    t_first, _ = timed_step(compiling)
+    t_eager, m_eager = min((timed_step(eager) for _ in range(3)), key=lambda t: t[0])
+    t_comp, m_comp = min((timed_step(compiling) for _ in range(3)), key=lambda t: t[0])
+    rel = abs(m_comp["grad_norm"] - m_eager["grad_norm"]) / m_eager["grad_norm"]
+    good = compiling.direction is not None and m_comp["accepted"] and rel <= 1e-3
+    ok &= good
+    print(f"{preset:<12} {t_first:>19.1f}s {t_eager:>10.2f}s {t_comp:>13.2f}s {rel:>13.2e} {'' if good else 'FAILED'}")
+print("compile check " + ("passed" if ok else "FAILED (a compile failure warns above and falls back to eager)"))
+sys.exit(0 if ok else 1)
+PYEOF
+}
+
 sections=("$@")
 [[ ${#sections[@]} -eq 0 ]] && sections=(learner supervised)
 status=0
@@ -187,7 +244,8 @@ for section in "${sections[@]}"; do
     case "$section" in
         learner) section_learner || status=1 ;;
         supervised) section_supervised || status=1 ;;
-        *) echo "gpu_check: unknown section '$section' (known: learner, supervised)"; status=2 ;;
+        compile) section_compile || status=1 ;;
+        *) echo "gpu_check: unknown section '$section' (known: learner, supervised, compile)"; status=2 ;;
     esac
 done
 exit "$status"
