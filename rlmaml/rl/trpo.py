@@ -37,7 +37,8 @@ class TrpoResult:
     """Outcome of one TRPO step. ``new_params`` is None unless ``accepted``; the caller then keeps θ.
 
     ``surrogate_after`` and ``kl`` are those of the accepted candidate (or of the last one tried;
-    NaN if none was).
+    NaN if none was). ``ls_steps_taken`` counts the candidates evaluated (logged as ``ls_steps``); without
+    ``ls_kl_extrapolate`` the accepted one is the ``ls_steps_taken``-th of the backtracking sequence.
     """
 
     new_params: Params | None
