@@ -183,15 +183,16 @@ class RLConfig:
     cg_task_fraction: float = 1.0
     """Fraction of the meta-batch's tasks whose exact KL curvature CG uses (1.0: all, as the paper)."""
     compile: bool = False
-    """Run the TRPO direction (meta-gradient and CG) through torch.compile: the same numbers, faster after a
-    one-off compile per run (about a minute on a 2-core CPU). Falls back to eager, with a warning, if it fails."""
+    """Run the TRPO direction (meta-gradient and CG) and the line search's evaluations through torch.compile: the
+    same numbers up to float rounding, faster after a one-off compile per run (1-2 minutes on a 2-core CPU with a
+    cold cache). Needs rl.batch=trajectories. Falls back to eager, with a warning, if compiling fails."""
     ls_steps: int = 15
     """Backtracking line-search steps."""
     ls_ratio: float = 0.8
     """Backtracking ratio."""
     ls_kl_extrapolate: bool = False
     """After a line-search candidate rejected for its KL, skip the candidates whose KL, extrapolated as quadratic
-    in the step length, is still over max_kl (fewer evaluations; the paper's search is False)."""
+    in the step length, is still over max_kl, less one (fewer evaluations; the paper's search is False)."""
     ppo_clip: float = 0.2
     """Clip range of the PPO outer objective."""
     ppo_epochs: int = 5
