@@ -199,7 +199,8 @@ from rlmaml.rl.worker import RolloutWorker, WorkerSpec
 
 dev = torch.device(sys.argv[1])
 ok = True
-print(f"{'preset':<12} {'first compiled step':>20} {'eager step':>11} {'compiled step':>14} {'|g| rel diff':>13}")
+print(f"{'preset':<12} {'first compiled step':>20} {'eager step':>11} {'compiled step':>14} {'|g| rel diff':>13} "
+      f"{'surr. rel diff':>15}")
 for preset in ("nav2d", "nav2d-fast"):
     base = [f"run.device={dev.type}", "rl.compile=false"]
     cfg = build_config(preset, base)
@@ -229,9 +230,11 @@ for preset in ("nav2d", "nav2d-fast"):
     t_eager, m_eager = min((timed_step(eager) for _ in range(3)), key=lambda t: t[0])
     t_comp, m_comp = min((timed_step(compiling) for _ in range(3)), key=lambda t: t[0])
     rel = abs(m_comp["grad_norm"] - m_eager["grad_norm"]) / m_eager["grad_norm"]
-    good = compiling.direction is not None and m_comp["accepted"] and rel <= 1e-3
+    rel_s = abs(m_comp["surrogate_before"] - m_eager["surrogate_before"]) / max(abs(m_eager["surrogate_before"]), 1e-6)
+    good = compiling.direction is not None and m_comp["accepted"] and rel <= 1e-3 and rel_s <= 1e-3
     ok &= good
-    print(f"{preset:<12} {t_first:>19.1f}s {t_eager:>10.2f}s {t_comp:>13.2f}s {rel:>13.2e} {'' if good else 'FAILED'}")
+    print(f"{preset:<12} {t_first:>19.1f}s {t_eager:>10.2f}s {t_comp:>13.2f}s {rel:>13.2e} {rel_s:>15.2e} "
+          f"{'' if good else 'FAILED'}")
 print("compile check " + ("passed" if ok else "FAILED (a compile failure warns above and falls back to eager)"))
 sys.exit(0 if ok else 1)
 PYEOF

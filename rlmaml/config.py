@@ -477,6 +477,8 @@ def validate(cfg: Config) -> None:
     _require(r.num_workers >= 0, f"rl.num_workers must be >= 0, got {r.num_workers}")
     _require(r.tasks_per_call >= 0, f"rl.tasks_per_call must be >= 0, got {r.tasks_per_call}")
     _choice(r.batch, "rl.batch", ("trajectories", "steps"))
+    _require(not (r.compile and r.outer == "ppo"), "rl.compile=true compiles the TRPO step; rl.outer=ppo has none to "
+             "compile (set rl.compile=false)")
     _require(not (r.compile and r.batch == "steps"), "rl.compile=true needs rl.batch=trajectories: with "
              "rl.batch=steps the batch shapes change every iteration, and each new shape would compile again")
     for width in r.hidden:

@@ -68,6 +68,8 @@ def test_compiling_the_learner_with_step_budget_batches_is_refused_in_one_line()
         build_config("nav2d-fast", ["rl.batch=steps"])
     assert "\n" not in str(info.value)
     assert build_config("nav2d-fast", ["eval.batch=steps"]).rl.compile  # test-time batches do not matter
+    with pytest.raises(ConfigError, match="rl.outer=ppo has none to compile"):
+        build_config("nav2d-fast", ["rl.outer=ppo"])
 
 
 def test_unknown_preset_is_a_config_error_naming_it() -> None:

@@ -6,6 +6,8 @@ whose compile fails must warn and go on eagerly with the same step.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from test_maml_objective import make_objective
@@ -52,26 +54,35 @@ def test_compiled_natural_direction_equals_eager(steps: int) -> None:
     eager = natural_direction(obj, params, 1e-3, 3, 2)
     compiled_out = compiled(policy, natural_direction)(obj, params, 1e-3, 3, 2)
     for k in eager[0]:
-        torch.testing.assert_close(compiled_out[0][k], eager[0][k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(compiled_out[0][k], eager[0][k], rtol=1e-10, atol=1e-12)
     for got, want in zip(compiled_out[1:], eager[1:], strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     # the line search's candidate terms too, at a point off θ
     candidate = {k: v + 0.01 * torch.randn_like(v) for k, v in params.items()}
     want = candidate_terms(obj, candidate, eager[1], eager[0])
     got = compiled(policy, candidate_terms)(obj, candidate, eager[1], eager[0])
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     assert float(want[1]) > 0
+
+
+BASE = ["optim.meta_batch=3", "rl.trajectories=4", "rl.horizon=12", "rl.cg_task_fraction=0.67"]
+
+
+def eager_results(learner: MetaLearner, iteration: int = 1) -> list[dict]:
+    """A small nav2d meta-batch sampled with ``learner``'s θ."""
+    worker = RolloutWorker(WorkerSpec.from_config(learner.cfg))
+    return worker.sample_tasks(learner.weights(), task_requests(learner.cfg, make_task_distribution(learner.cfg),
+                                                                iteration))
 
 
 def _learners_on_one_batch(overrides: list[str]) -> tuple[MetaLearner, MetaLearner]:
     """An eager and a compiling learner (same θ), both given one small nav2d meta-batch."""
-    base = ["optim.meta_batch=3", "rl.trajectories=4", "rl.horizon=12", "rl.cg_task_fraction=0.67", *overrides]
-    cfg = build_config("nav2d", base)
-    worker = RolloutWorker(WorkerSpec.from_config(cfg))
-    learners = (MetaLearner(cfg, *worker.spaces(), torch.device("cpu")),
-                MetaLearner(build_config("nav2d", [*base, "rl.compile=true"]), *worker.spaces(), torch.device("cpu")))
-    results = worker.sample_tasks(learners[0].weights(), task_requests(cfg, make_task_distribution(cfg), 0))
+    cfg = build_config("nav2d", [*BASE, *overrides])
+    spaces = RolloutWorker(WorkerSpec.from_config(cfg)).spaces()
+    learners = (MetaLearner(cfg, *spaces, torch.device("cpu")),
+                MetaLearner(build_config("nav2d", [*BASE, *overrides, "rl.compile=true"]), *spaces, torch.device("cpu")))
+    results = eager_results(learners[0], 0)
     for learner in learners:
         for result in results:
             learner.add_task(result)
@@ -85,13 +96,19 @@ def test_a_learner_whose_compile_fails_warns_and_takes_the_eager_step(monkeypatc
     monkeypatch.setattr(learner_module, "compiled", lambda policy, fn: broken)
     eager, compiling = _learners_on_one_batch([])
     want = eager.step()
-    with pytest.warns(UserWarning, match="rl.compile: torch.compile failed, running the learner eagerly: "
+    with pytest.warns(UserWarning, match="rl.compile: the compiled learner failed .* running it eagerly from now on: "
                                          "RuntimeError: InductorError: no working C"):
         got = compiling.step()
-    assert compiling.direction is None and compiling.candidate is candidate_terms  # eager from now on, no 2nd warning
+    assert compiling.direction is None and compiling.candidate is candidate_terms  # eager from now on
     assert got["accepted"] and want["accepted"]
     for k in eager.params:
         torch.testing.assert_close(compiling.params[k], eager.params[k], rtol=1e-4, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning on the next step
+        for learner in (eager, compiling):
+            for result in eager_results(eager):
+                learner.add_task(result)
+        assert compiling.step()["accepted"] == eager.step()["accepted"]
 
 
 @pytest.mark.slow
@@ -105,3 +122,9 @@ def test_a_compiling_learner_takes_the_eager_learners_step() -> None:
     # line search may stop one candidate apart, so compare what precedes it (the float64 test above is exact)
     assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
     assert got["surrogate_before"] == pytest.approx(want["surrogate_before"], rel=1e-4, abs=1e-7)
+    # a new iteration (new data, new objective object, same shapes) reuses the compiled graphs
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for result in eager_results(compiling):
+        compiling.add_task(result)
+    assert compiling.step()["accepted"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs > 0

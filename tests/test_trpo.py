@@ -287,3 +287,29 @@ def test_line_search_kl_extrapolation_backtracks_one_step_on_a_non_finite_kl() -
     assert _backtracks(0.005, cfg) == 1  # rejected for the surrogate, not the KL
     assert _backtracks(0.0101, cfg) == 1
     assert _backtracks(0.1, cfg) == 5  # 0.8^12 * 0.1 <= 0.01 < 0.8^10 * 0.1: six, less one
+
+
+@pytest.mark.parametrize("extrapolate", [False, True])
+def test_line_search_kl_extrapolation_never_jumps_past_the_last_candidate(extrapolate: bool) -> None:
+    # A quartic KL: the full step has 40,000x the allowed KL, and the quadratic guess from it says 23 more
+    # backtracks, past the 15th and last candidate. The search must still try that last one, which fits.
+    w0 = torch.zeros(3, dtype=torch.float64)
+    params = {"w": w0.clone().requires_grad_(True)}
+
+    def kl_fn(p: Params) -> torch.Tensor:
+        d2 = ((p["w"] - w0) ** 2).sum()
+        return 0.5 * d2 + 1e6 * d2**2
+
+    cfg = TrpoConfig(max_kl=0.01, ls_kl_extrapolate=extrapolate)
+    result = trpo_step(params, lambda p: p["w"].sum(), kl_fn, cfg)
+    assert result.accepted and result.kl <= cfg.max_kl
+    assert result.ls_steps_taken == (2 if extrapolate else 13)  # the 15th candidate, or the 13th: the first fit
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_kl", 0.0), ("cg_damping", -1.0), ("cg_iters", 0),
+                                              ("ls_steps", 0), ("ls_ratio", 1.0), ("ls_ratio", 0.0)])
+def test_trpo_config_refuses_bad_values_in_one_line_naming_them(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"TrpoConfig.{field} must be") as info:
+        TrpoConfig(**{field: value})
+    assert repr(value) in str(info.value) or str(value) in str(info.value)
+    assert "\n" not in str(info.value)

@@ -163,7 +163,8 @@ class MetaLearner:
         if bad_phi:
             return _skipped(bad_phi)
         # φ(θ) is known already: the surrogate before the step needs no second adaptation.
-        cache: dict[str, Any] = {"key": self.params, "terms": (obj.surrogate_at(phis_old, old_logp), None)}
+        cache: dict[str, Any] = {"key": self.params,  # the KL at θ itself is 0
+                                 "terms": (obj.surrogate_at(phis_old, old_logp), old_logp.new_zeros(()))}
 
         def terms(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
             # The line search evaluates surrogate and KL at the same candidate: adapt once per candidate.
@@ -203,8 +204,8 @@ class MetaLearner:
             return fn(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure: the eager path computes the same numbers
             cause = next((line for line in str(err).splitlines() if line.strip() and "raised:" not in line), "")
-            warnings.warn(f"rl.compile: torch.compile failed, running the learner eagerly: {type(err).__name__}: "
-                          f"{cause}", stacklevel=3)
+            warnings.warn(f"rl.compile: the compiled learner failed (compiling or running), running it eagerly from now "
+                          f"on: {type(err).__name__}: {cause}", stacklevel=3)
             self.direction, self.candidate = None, candidate_terms
             return eager(*args)
 

@@ -29,7 +29,18 @@ class TrpoConfig:
     ls_ratio: float = 0.8
     ls_kl_extrapolate: bool = False
     """Skip the candidates whose KL, extrapolated quadratically from a candidate rejected for its KL, is over
-    ``max_kl``: the same step when the KL is quadratic in the step length, in fewer evaluations."""
+    ``max_kl`` (less one, and never past the last candidate): the same step when the KL is quadratic in the step
+    length, in fewer evaluations; possibly a shorter one when the KL grows faster than that."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_kl", "cg_damping"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrpoConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("cg_iters", "ls_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrpoConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.ls_ratio < 1:
+            raise ValueError(f"TrpoConfig.ls_ratio must be in (0, 1), got {self.ls_ratio}")
 
 
 @dataclass(frozen=True)
@@ -192,7 +203,8 @@ def trpo_step(
         if math.isfinite(after) and math.isfinite(kl) and after < before and kl <= cfg.max_kl:
             new_params = {n: p.detach().clone() for n, p in candidate.items()}
             return TrpoResult(new_params, True, "ok", before, after, kl, gnorm, tried)
-        i += _backtracks(kl, cfg) if cfg.ls_kl_extrapolate else 1
+        jump = _backtracks(kl, cfg) if cfg.ls_kl_extrapolate else 1
+        i = i + 1 if i + 1 >= cfg.ls_steps else min(i + jump, cfg.ls_steps - 1)  # a jump never skips the last
     return skipped("line search failed", before, gnorm, after, kl, tried)
 
 
