@@ -62,7 +62,9 @@ class MetaLearner:
         """The compiled TRPO direction (``rl.compile``); None runs it eagerly, step by step."""
         self.candidate = compiled(self.policy, candidate_terms) if r.compile else candidate_terms
         """The line search's surrogate and KL at a candidate, compiled with ``rl.compile``."""
-        self.compiled_once = False
+        if r.compile:
+            print("rlmaml: rl.compile: the first learner step compiles it (a minute or two, once per run)",
+                  file=sys.stderr, flush=True)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.optim.meta_lr) if r.outer == "ppo" else None
         self.tasks: dict[int, TaskData] = {}
         self.invalid: dict[int, str] = {}
@@ -155,9 +157,11 @@ class MetaLearner:
         curvature_tasks = max(1, round(self.cfg.rl.cg_task_fraction * len(tasks)))
         hvp, solution = None, None
         if self.direction is not None:
-            phis_old, old_logp, gradient, x, r = self._compiled_direction(obj, curvature_tasks)
+            phis_old, old_logp, gradient, x, r = self._compiled(
+                "direction", natural_direction, obj, {k: v.detach() for k, v in self.params.items()},
+                self.trpo.cg_damping, self.trpo.cg_iters, curvature_tasks)
             solution = (x, r)
-        if solution is None:
+        else:
             phis_old, old_logp, gradient, hvp = obj.trpo_terms(self.params, self.trpo.cg_damping, curvature_tasks)
         bad_phi = self._nonfinite_phi(phis_old, tasks)
         if bad_phi:
@@ -182,17 +186,6 @@ class MetaLearner:
         return {"accepted": result.accepted, "reason": result.reason, "surrogate_before": result.surrogate_before,
                 "surrogate_after": result.surrogate_after, "kl": result.kl, "grad_norm": result.grad_norm,
                 "ls_steps": result.ls_steps_taken}
-
-    def _compiled_direction(self, obj: MamlRlObjective, curvature_tasks: int) -> tuple[Any, ...]:
-        """``natural_direction`` through torch.compile (see :meth:`_compiled`)."""
-        params = {k: v.detach() for k, v in self.params.items()}
-        if not self.compiled_once:
-            print("rlmaml: compiling the learner's TRPO step (rl.compile; a minute or two, once per run)",
-                  file=sys.stderr, flush=True)
-        out = self._compiled("direction", natural_direction, obj, params, self.trpo.cg_damping, self.trpo.cg_iters,
-                             curvature_tasks)
-        self.compiled_once = self.direction is not None
-        return out
 
     def _compiled(self, name: str, eager: Any, *args: Any) -> Any:
         """``self.<name>(*args)``, compiled with ``rl.compile``. If compiling fails: one warning, then ``eager``
