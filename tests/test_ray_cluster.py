@@ -71,6 +71,9 @@ def two_node_run(run_dir: str) -> dict[str, Any]:
             "rl.env=rlmaml_test/SlowNav-v0", "rl.env_module=ray_test_envs", "rl.trajectories=4", "rl.horizon=20",
             "rl.hidden=[16,16]", f"optim.meta_batch={META_BATCH}", f"run.iterations={ITERATIONS}",
             "run.checkpoint_every=10", "rl.num_workers=2", "rl.task_timeout_s=60", f"rl.address={cluster.address}",
+            # one task per call: the node goes away while its actor still has tasks to do, whichever node's result
+            # arrives first (with several tasks per call its actor could already be done with the iteration)
+            "rl.tasks_per_call=1",
             f"run.dir={run_dir}"])
         inner = RaySampler.from_config(cfg, WorkerSpec.from_config(cfg))
         workers = inner.worker_info()
