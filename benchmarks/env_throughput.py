@@ -1,16 +1,21 @@
-"""Env steps per second of the batched MuJoCo stepper against two baselines.
+"""Env steps per second of MujocoBatchedEnv's two physics steppers against a raw ``mj_step`` loop.
 
-For HalfCheetahVel and AntVel, in one run:
+For HalfCheetahVel and AntVel, in one run, with K envs (``--envs``) and uniform random actions:
 
-  (a) ``envs.make_batched(id, K)`` with uniform random actions (K = 20 by default),
-      resetting when every env has ended (ended envs are passed as inactive and not counted);
-  (b) a bare loop of ``gymnasium.make("HalfCheetah-v5" / "Ant-v5").step()`` calls with reset on
-      termination / truncation;
-  (c) raw ``mujoco.mj_step(model, data, nstep=frame_skip)`` on one model, random controls.
+  raw      a bare Python loop of ``mujoco.mj_step(model, data, nstep=5)`` over K MjData (plus
+           ``mj_rnePostConstraint`` for Ant, which the env needs for ``cfrc_ext``): the physics alone,
+           one thread, no observations or rewards -- the reference;
+  loop     ``make_batched(id, K, stepper="loop", num_threads=T)``: the Python-loop stepper;
+  batch    ``make_batched(id, K, stepper="batch", num_threads=T)``: one ``mujoco.batch`` call per step,
+           on T threads;
 
-Prints steps/s and the ratios a/b (goal >= 1.0) and a/c (goal >= 0.7).
+for each T of ``--threads``.  The batched envs are stepped through ``env.step`` (controls, physics,
+observations, rewards, checks) and reset when every env has ended; ended envs are passed as inactive
+and not counted.  Prints env steps per wall-clock second (best of ``--repeats``), their ratio to the raw
+loop, and steps per CPU-second of the process (less sensitive to other processes sharing the cores;
+with T threads it counts all of them).
 
-    python benchmarks/env_throughput.py [--num-envs 20] [--steps 20000] [--repeats 3]
+    python benchmarks/env_throughput.py [--envs 16] [--steps 4000] [--threads 1 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -26,25 +31,42 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import envs  # noqa: E402
-from envs._mujoco import _quiet_model_compile  # noqa: E402
 
-PAIRS = [("rlmaml/HalfCheetahVel-v0", "HalfCheetah-v5"), ("rlmaml/AntVel-v0", "Ant-v5")]
+ENV_IDS = ("rlmaml/HalfCheetahVel-v0", "rlmaml/AntVel-v0")
 
 
-def bench_batched(env_id: str, k: int, steps: int, seed: int, num_threads: int) -> float:
-    env = envs.make_batched(env_id, k, num_threads=num_threads)
+def bench_raw(env_id: str, k: int, steps: int, seed: int) -> tuple[float, float]:
+    """(steps/s, steps/CPU-s) of ``mj_step`` (+ ``mj_rnePostConstraint`` where needed) on K MjData, round robin."""
+    bases = [gym.make(env_id).unwrapped for _ in range(k)]
+    for i, b in enumerate(bases):
+        b.reset(seed=seed + i)
+    rne = bases[0].needs_cfrc
+    model, fs = bases[0].model, bases[0].frame_skip
+    datas = [b.data for b in bases]
+    controls = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(64, k, model.nu))
+    t0, c0 = time.perf_counter(), time.process_time()
+    for t in range(steps // k):
+        for i, d in enumerate(datas):
+            d.ctrl[:] = controls[t % 64, i]
+            mujoco.mj_step(model, d, nstep=fs)
+            if rne:
+                mujoco.mj_rnePostConstraint(model, d)
+    n = (steps // k) * k
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+
+def bench_batched(env_id: str, k: int, steps: int, seed: int, stepper: str, threads: int) -> tuple[float, float]:
+    """(steps/s, steps/CPU-s) of ``env.step`` of a batched env, resetting when every env has ended."""
+    env = envs.make_batched(env_id, k, stepper=stepper, num_threads=threads)
     rng = np.random.default_rng(seed)
     env.set_task(envs.task_distribution(env_id).sample(1, rng)[0])
-    n_act = env.single_action_space.shape[0]
-    # pre-draw actions so that the timing is the stepper, not the RNG
-    pool = rng.uniform(-1.0, 1.0, size=(64, k, n_act))
+    actions = rng.uniform(-1.0, 1.0, size=(64, k, env.single_action_space.shape[0]))  # drawn before timing
     env.reset(seed)
     active = np.ones(k, dtype=bool)
-    done = 0
-    i = 0
-    t0 = time.perf_counter()
+    done = i = 0
+    t0, c0 = time.perf_counter(), time.process_time()
     while done < steps:
-        _, _, term, trunc, _ = env.step(pool[i % 64], active)
+        _, _, term, trunc, _ = env.step(actions[i % 64], active)
         done += int(active.sum())
         i += 1
         active &= ~(term | trunc)
@@ -52,70 +74,42 @@ def bench_batched(env_id: str, k: int, steps: int, seed: int, num_threads: int) 
             seed += k
             env.reset(seed)
             active[:] = True
-    dt = time.perf_counter() - t0
+    rates = done / (time.perf_counter() - t0), done / (time.process_time() - c0)
     env.close()
-    return done / dt
-
-
-def bench_gym(gym_id: str, steps: int, seed: int) -> float:
-    with _quiet_model_compile():
-        env = gym.make(gym_id)
-    rng = np.random.default_rng(seed)
-    pool = rng.uniform(-1.0, 1.0, size=(64, env.action_space.shape[0])).astype(np.float32)
-    env.reset(seed=seed)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        _, _, term, trunc, _ = env.step(pool[i % 64])
-        if term or trunc:
-            env.reset()
-    dt = time.perf_counter() - t0
-    env.close()
-    return steps / dt
-
-
-def bench_raw(gym_id: str, steps: int, seed: int) -> float:
-    with _quiet_model_compile():
-        base = gym.make(gym_id).unwrapped
-    model, data, fs = base.model, base.data, base.frame_skip
-    base.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    pool = rng.uniform(-1.0, 1.0, size=(64, model.nu))
-    t0 = time.perf_counter()
-    for i in range(steps):
-        data.ctrl[:] = pool[i % 64]
-        mujoco.mj_step(model, data, nstep=fs)
-    dt = time.perf_counter() - t0
-    return steps / dt
+    return rates
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-envs", type=int, default=20, help="K for the batched stepper")
-    p.add_argument("--steps", type=int, default=20000, help="env steps per measurement")
-    p.add_argument("--repeats", type=int, default=3, help="take the best of this many measurements")
-    p.add_argument("--threads", type=int, default=1, help="num_threads of the batched MuJoCo stepper")
+    p.add_argument("--envs", type=int, default=16, help="K, envs per batched env")
+    p.add_argument("--steps", type=int, default=4000, help="env steps per measurement")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="num_threads values to measure")
+    p.add_argument("--repeats", type=int, default=3, help="report the best of this many measurements")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    rows = []
-    for env_id, gym_id in PAIRS:
-        best = {"a": 0.0, "b": 0.0, "c": 0.0}
-        for r in range(args.repeats):
-            s = args.seed + 1000 * r
-            best["a"] = max(best["a"], bench_batched(env_id, args.num_envs, args.steps, s, args.threads))
-            best["b"] = max(best["b"], bench_gym(gym_id, args.steps, s))
-            best["c"] = max(best["c"], bench_raw(gym_id, args.steps, s))
-        rows.append((env_id, best["a"], best["b"], best["c"]))
-
+    cases = [("raw mj_step loop", None, 1)]
+    cases += [(f"{s} stepper, {t} thread{'s' * (t > 1)}", s, t) for s in ("loop", "batch") for t in args.threads]
     print(
-        f"K={args.num_envs} steps={args.steps} repeats={args.repeats} threads={args.threads} "
-        f"(best of repeats, env steps/s)"
+        f"K={args.envs} steps={args.steps} repeats={args.repeats} mujoco={mujoco.__version__} "
+        f"cpus={len(os.sched_getaffinity(0))} (best of repeats; ratio = steps/s over the raw loop's)"
     )
-    header = f"{'env':<28}{'(a) batched':>14}{'(b) gym loop':>14}{'(c) raw mj_step':>17}{'a/b':>8}{'a/c':>8}"
+    header = f"{'env':<26}{'stepper':<26}{'steps/s':>10}{'ratio':>8}{'steps/cpu-s':>13}"
     print(header)
     print("-" * len(header))
-    for env_id, a, b, c in rows:
-        print(f"{env_id:<28}{a:>14,.0f}{b:>14,.0f}{c:>17,.0f}{a / b:>8.2f}{a / c:>8.2f}")
+    for env_id in ENV_IDS:
+        raw = 0.0
+        for name, stepper, threads in cases:
+            best, best_cpu = 0.0, 0.0
+            for r in range(args.repeats):
+                s = args.seed + 1000 * r
+                if stepper is None:
+                    rate, cpu = bench_raw(env_id, args.envs, args.steps, s)
+                else:
+                    rate, cpu = bench_batched(env_id, args.envs, args.steps, s, stepper, threads)
+                best, best_cpu = max(best, rate), max(best_cpu, cpu)
+            raw = raw or best
+            print(f"{env_id:<26}{name:<26}{best:>10,.0f}{best / raw:>8.2f}{best_cpu:>13,.0f}")
     return 0
 
 

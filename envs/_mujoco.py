@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import gymnasium
@@ -31,6 +30,7 @@ from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
 from .base import TaskEnvMixin, check_action, check_actions, check_active, check_finite, copy_task
+from .mujoco_batch import make_stepper
 
 _BAD_WARNINGS = np.array(
     [
@@ -217,11 +217,12 @@ def _init_mujoco_env(
 class MujocoBatchedEnv:
     """K instances of one of the suite's MuJoCo envs, stepped without any gymnasium wrapper.
 
-    Each step writes the controls, calls ``mujoco.mj_step(model, data, nstep=frame_skip)`` (and
-    ``mj_rnePostConstraint`` where the family needs ``cfrc_ext``) directly on every active
-    instance, then computes all observations / rewards at once with the family's vectorised
-    kernel.  ``num_threads > 1`` steps the instances from a thread pool (MuJoCo releases the
-    GIL); results do not depend on it.
+    Each step writes the controls and advances every active instance by ``frame_skip`` substeps
+    with the ``stepper`` (:mod:`envs.mujoco_batch`): ``"batch"``, one ``mujoco.batch.Batch`` call
+    in C on ``num_threads`` threads (MuJoCo >= 3.17); ``"loop"``, ``mujoco.mj_step`` on each
+    instance's ``MjData`` from Python (a thread pool when ``num_threads > 1``); ``"auto"``, the
+    first where available.  Then the family's vectorised kernel computes all observations /
+    rewards at once.  Results depend on neither the stepper nor ``num_threads``.
     """
 
     def __init__(
@@ -230,6 +231,7 @@ class MujocoBatchedEnv:
         num_envs: int,
         task: dict | None = None,
         num_threads: int = 1,
+        stepper: str = "auto",
         **env_kwargs,
     ):
         if int(num_envs) != num_envs or num_envs < 1:
@@ -252,14 +254,6 @@ class MujocoBatchedEnv:
         self.max_episode_steps = int(max_steps)
         self.frame_skip = e0.frame_skip
         self.dt = e0.dt
-        self._models = [e.model for e in self.envs]
-        self._datas = [e.data for e in self.envs]
-        self._qpos = [d.qpos for d in self._datas]
-        self._qvel = [d.qvel for d in self._datas]
-        self._ctrl = [d.ctrl for d in self._datas]
-        self._cfrc = [d.cfrc_ext for d in self._datas] if self.cls.needs_cfrc else None
-        # live views of the warning counters (the arrays alias mjData memory)
-        self._warn = [d.warning.number for d in self._datas]
         self._ctrl_center = e0._ctrl_center
         self._ctrl_half = e0._ctrl_half
         self._ctrl_identity = e0._ctrl_identity
@@ -270,7 +264,9 @@ class MujocoBatchedEnv:
         self._dead = np.zeros(k, dtype=bool)
         self._warn0 = np.zeros(k, dtype=np.int64)
         self.num_threads = max(1, int(num_threads))
-        self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
+        self._stepper_arg = stepper
+        self._sim = make_stepper(stepper, self.envs, self.cls.needs_cfrc, self.num_threads)
+        self.stepper = self._sim.name  # "batch" or "loop": the one in use
         self._task = e0.get_task()
         self._task_vec = e0._task_vec
 
@@ -288,25 +284,12 @@ class MujocoBatchedEnv:
     # ----- episode -------------------------------------------------------------------------
     def reset(self, seed: int) -> np.ndarray:
         obs = [e.reset(seed=int(seed) + i)[0] for i, e in enumerate(self.envs)]
+        self._sim.reset()
         self._obs = np.stack(obs)
         self._t[:] = 0
         self._dead[:] = False
-        self._warn0 = np.array([_warning_count(d) for d in self._datas], dtype=np.int64)
+        self._warn0 = np.array([_warning_count(e.data) for e in self.envs], dtype=np.int64)
         return self._obs.copy()
-
-    def _advance(self, idx, ctrl) -> None:
-        step = mujoco.mj_step
-        rne = mujoco.mj_rnePostConstraint
-        models, datas, ctrl_views, fs = self._models, self._datas, self._ctrl, self.frame_skip
-        if self._cfrc is not None:
-            for i in idx:
-                ctrl_views[i][:] = ctrl[i]
-                step(models[i], datas[i], fs)
-                rne(models[i], datas[i])
-        else:
-            for i in idx:
-                ctrl_views[i][:] = ctrl[i]
-                step(models[i], datas[i], fs)
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None):
         where = f"{self.env_id} batched step"
@@ -314,22 +297,12 @@ class MujocoBatchedEnv:
         act = check_active(active, k, where)
         a = check_actions(actions, act, (self._nu,), -1.0, 1.0, where)
         run = act & ~self._dead
-        all_run = bool(run.all())
-        idx = range(k) if all_run else np.flatnonzero(run).tolist()
         ctrl = a if self._ctrl_identity else self._ctrl_center + a * self._ctrl_half
 
-        x_before = np.array(self._qpos)[:, : self.cls.x_dims]
-        if self._pool is None or len(idx) < 2:
-            self._advance(idx, ctrl)
-        else:
-            chunks = [list(idx)[j :: self.num_threads] for j in range(self.num_threads)]
-            list(self._pool.map(lambda c: self._advance(c, ctrl), chunks))
-
-        qpos = np.array(self._qpos)
-        qvel = np.array(self._qvel)
-        cfrc = np.array(self._cfrc) if self._cfrc is not None else None
-        warn = np.array(self._warn)[:, _BAD_WARNINGS].sum(axis=1)
-        unstable = run & (warn > self._warn0)
+        x_before = self._sim.qpos()[:, : self.cls.x_dims]
+        self._sim.advance(run, ctrl)
+        qpos, qvel, cfrc, warn = self._sim.state()
+        unstable = run & (warn[:, _BAD_WARNINGS].sum(axis=1) > self._warn0)
         obs, reward, terminated, info = self.cls._kernel(
             self._task_vec,
             self.envs[0].oracle,
@@ -342,7 +315,7 @@ class MujocoBatchedEnv:
             unstable,
             self._obs,
         )
-        if not all_run:
+        if not run.all():
             r = run[:, None]
             obs = np.where(r, obs, self._obs)
             reward = np.where(run, reward, 0.0)
@@ -359,9 +332,7 @@ class MujocoBatchedEnv:
         return obs.copy(), reward, terminated, truncated, info
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+        self._sim.close()
         for e in self.envs:
             e.close()
 
@@ -376,16 +347,18 @@ class MujocoBatchedEnv:
                 self.num_threads,
                 self.max_episode_steps,
                 self._env_kwargs,
+                self._stepper_arg,
             ),
         )
 
 
-def _rebuild_batched(env_id, num_envs, task, num_threads, max_episode_steps, env_kwargs):
+def _rebuild_batched(env_id, num_envs, task, num_threads, max_episode_steps, env_kwargs, stepper="auto"):
     return MujocoBatchedEnv(
         env_id,
         num_envs,
         task=task,
         num_threads=num_threads,
+        stepper=stepper,
         max_episode_steps=max_episode_steps,
         **env_kwargs,
     )
