@@ -6,8 +6,11 @@ import copy
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 from .registry import FAMILIES
+
+SUPPORTED_SPACES = "a Box observation (a feature vector) and a Box or Discrete action"
 
 
 def copy_task(task: dict) -> dict:
@@ -51,6 +54,39 @@ def check_actions(
     if not active.all():
         a = np.where(active.reshape((k,) + (1,) * len(shape)), a, 0.0)
     return np.clip(a, low, high)
+
+
+def space_str(space: Any, limit: int = 160) -> str:
+    """``space`` on one line (numpy wraps long bound arrays), shortened to ``limit`` characters."""
+    text = " ".join(str(space).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_image_space(space: spaces.Space) -> bool:
+    """An image-like Box: 3 or more dimensions, or a 2-D ``uint8`` (grayscale) array."""
+    shape = getattr(space, "shape", None) or ()
+    return isinstance(space, spaces.Box) and (len(shape) >= 3 or (len(shape) == 2 and space.dtype == np.uint8))
+
+
+def check_spaces(env_id: str, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+    """Refuse, in one line naming the space, what the MLP policies cannot take: a non-Box or image
+    observation, an action that is neither a Box nor a Discrete.  Checked before flattening, so an
+    image is still recognisable."""
+    if not isinstance(observation_space, spaces.Box):
+        raise ValueError(
+            f"{env_id}: observation space {space_str(observation_space)} is not supported; the batched envs "
+            f"take {SUPPORTED_SPACES} (flatten a Dict or Tuple with gymnasium.wrappers.FlattenObservation)"
+        )
+    if is_image_space(observation_space):
+        raise ValueError(
+            f"{env_id}: image observations ({space_str(observation_space)}) are not supported by the MLP policy; "
+            f"the batched envs take {SUPPORTED_SPACES} (give the env a feature-vector observation)"
+        )
+    if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
+        raise ValueError(
+            f"{env_id}: action space {space_str(action_space)} is not supported; the batched envs take "
+            f"{SUPPORTED_SPACES}"
+        )
 
 
 class NonFiniteStepError(FloatingPointError):

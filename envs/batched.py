@@ -11,6 +11,26 @@ unchanged, reward 0, terminated / truncated False); ``truncated`` is set when an
 stepped ``max_episode_steps`` times since the reset; every returned observation and reward is
 checked to be finite (:class:`envs.base.NonFiniteStepError` names env id, task and index).
 There is no auto-reset.
+
+Every form takes :data:`envs.base.SUPPORTED_SPACES` (``make_batched`` refuses anything else in one
+line: Dict / Tuple observations, image observations, MultiDiscrete / Dict / ... actions).
+
+How :class:`SerialBatchedEnv` gives a user env its task (any Gymnasium env, wrapped or not):
+
+1. ``set_task(task)`` on the OUTERMOST layer of the wrapper stack that has one (``env``,
+   ``env.env``, ... down to ``env.unwrapped``; Gymnasium 1.x wrappers forward no attributes, so
+   each layer is looked at on its own): a ``gymnasium.Wrapper`` adding ``set_task`` or an env
+   subclass with one.
+2. Otherwise ``reset(options={"task": task})`` through the whole stack, if the env reads it: some
+   layer declares ``task_from_options = True``, or a probe reset (on a spare env, once, when the
+   first task is set) sees ``options["task"]`` looked up.  Stock envs accept ``options`` but never
+   look up ``"task"`` (Pendulum-v1 reads ``"x_init"``), so they are not mistaken for task envs.
+3. Otherwise setting a task raises a one-line ``ValueError`` naming the env id and both routes (an
+   env without a route still runs with no task).
+
+The envs are stepped and reset through the whole stack whenever it holds a wrapper other than
+Gymnasium's standard ``TimeLimit`` / ``OrderEnforcing`` / ``PassiveEnvChecker``; with only those,
+the unwrapped envs are stepped directly (no per-step wrapper cost) and the task goes to them.
 """
 
 from __future__ import annotations
@@ -19,8 +39,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import gymnasium
 import numpy as np
+from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
-from .base import NonFiniteStepError, check_active, check_finite, copy_task
+from .base import NonFiniteStepError, check_active, check_finite, check_spaces, copy_task
 from .registry import NAMESPACE, family_of, load_object, task_distribution
 
 __all__ = [
@@ -77,7 +98,9 @@ def make_batched(env_id: str, num_envs: int, task: dict | None = None, **env_kwa
     if form is None:
         return SerialBatchedEnv(env_id, num_envs, task, **env_kwargs)
     cls = load_object(form) if isinstance(form, str) else form
-    return cls(env_id, num_envs, task, **env_kwargs)
+    env = cls(env_id, num_envs, task, **env_kwargs)
+    check_spaces(env_id, env.single_observation_space, env.single_action_space)
+    return env
 
 
 def step_tasks(
@@ -111,14 +134,75 @@ def step_each(
     return tuple(np.stack(x) for x in zip(*out, strict=True))  # type: ignore[return-value]
 
 
+# Gymnasium's own wrappers that ``gymnasium.make`` adds; a stack of only these may be bypassed.
+STANDARD_WRAPPERS: tuple[type, ...] = (TimeLimit, OrderEnforcing, PassiveEnvChecker)
+
+
+def wrapper_stack(env: gymnasium.Env) -> list[gymnasium.Env]:
+    """``[env, env.env, ..., env.unwrapped]``: every layer, outermost first."""
+    layers = [env]
+    while isinstance(layers[-1], gymnasium.Wrapper):
+        layers.append(layers[-1].env)
+    return layers
+
+
+def outermost_method(env: gymnasium.Env, name: str) -> Any | None:
+    """The bound ``name`` method of the outermost layer of ``env``'s stack that has one, else None."""
+    for layer in wrapper_stack(env):
+        method = getattr(layer, name, None)
+        if callable(method):
+            return method
+    return None
+
+
+class _TaskOptionProbe(dict):
+    """Reset options that note whether the env looked up ``"task"`` (any of the usual ways)."""
+
+    read = False
+
+    def _note(self, key: Any) -> None:
+        if key == "task":
+            self.read = True
+
+    def __getitem__(self, key: Any) -> Any:
+        self._note(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: Any) -> bool:
+        self._note(key)
+        return super().__contains__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._note(key)
+        return super().get(key, default)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self._note(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self._note(key)
+        return super().setdefault(key, default)
+
+
+def reads_task_option(env: gymnasium.Env, task: dict) -> bool:
+    """Whether ``env`` takes its task from ``reset(options={"task": ...})``: a layer declares
+    ``task_from_options = True``, or a reset with ``task`` sees the env look the key up."""
+    if any(getattr(layer, "task_from_options", False) is True for layer in wrapper_stack(env)):
+        return True
+    probe = _TaskOptionProbe(task=copy_task(task))
+    env.reset(seed=0, options=probe)
+    return probe.read
+
+
 class SerialBatchedEnv:
     """Generic fallback: K ``gymnasium.make(env_id)`` envs stepped one after another.
 
-    The envs are unwrapped (no per-step wrapper overhead) unless the spec adds wrappers beyond
-    the standard time limit / order enforcing / env checker ones.  The task is applied with the
-    env's ``set_task`` if it has one, else passed as ``reset(options={"task": task})``; it is
-    validated with the id's task distribution when one is registered.  Observations must come
-    from a ``Box`` space; they are flattened to ``[K, obs_dim]``.
+    The task route and the wrapper rule are the module docstring's.  The task is validated with the
+    id's task distribution when one is registered.  The batched env's own spaces are flat: the
+    observation Box is flattened to ``[K, obs_dim]``; a Box action is given flat (reshaped and clipped
+    to the env's bounds here, an infinite bound clipping nothing); a ``Discrete(n, start)`` action is
+    given as an index in ``0..n-1`` (``start`` is added here).
     """
 
     def __init__(self, env_id: str, num_envs: int, task: dict | None = None, **env_kwargs):
@@ -134,35 +218,69 @@ class SerialBatchedEnv:
             )
         self.max_episode_steps = int(max_steps)
         self._env_kwargs = dict(env_kwargs)
-        envs = [gymnasium.make(env_id, disable_env_checker=True, **env_kwargs) for _ in range(self.num_envs)]
-        self.envs = [e if spec.additional_wrappers else e.unwrapped for e in envs]
-        e0 = self.envs[0]
-        if not isinstance(e0.observation_space, gymnasium.spaces.Box):
-            raise ValueError(
-                f"{env_id}: SerialBatchedEnv needs a Box observation space, got {e0.observation_space}"
-            )
-        self.single_observation_space = gymnasium.spaces.flatten_space(e0.observation_space)
-        self.single_action_space = e0.action_space
+        envs = [self._make() for _ in range(self.num_envs)]
+        check_spaces(env_id, envs[0].observation_space, envs[0].action_space)
+        standard = all(type(w) in STANDARD_WRAPPERS for w in wrapper_stack(envs[0])[:-1])
+        self.envs = [e.unwrapped for e in envs] if standard else envs
+        self._env_action_space = self.envs[0].action_space
+        self.single_observation_space = gymnasium.spaces.flatten_space(self.envs[0].observation_space)
+        self.single_action_space = self._flat_action_space(self._env_action_space)
         self._obs_dim = int(self.single_observation_space.shape[0])
         try:
             self._dist = task_distribution(env_id)
         except ValueError:
             self._dist = None
-        self._has_set_task = all(callable(getattr(e.unwrapped, "set_task", None)) for e in self.envs)
+        self._setters = [outermost_method(e, "set_task") for e in self.envs]
+        self._task_from_options: bool | None = None  # found out when the first task is set
         self._task: dict | None = None
+        get_task = outermost_method(self.envs[0], "get_task")
         if task is not None:
             self.set_task(task)
-        elif callable(getattr(e0.unwrapped, "get_task", None)):
-            self._task = e0.unwrapped.get_task()
+        elif get_task is not None:
+            self._task = get_task()
         self._obs = np.zeros((self.num_envs, self._obs_dim), dtype=self.single_observation_space.dtype)
         self._t = np.zeros(self.num_envs, dtype=np.int64)
+
+    def _make(self) -> gymnasium.Env:
+        """One env of the id, its time limit at the batched env's horizon."""
+        return gymnasium.make(
+            self.env_id, disable_env_checker=True, max_episode_steps=self.max_episode_steps, **self._env_kwargs
+        )
+
+    @staticmethod
+    def _flat_action_space(space: gymnasium.Space) -> gymnasium.Space:
+        """The space the batched env takes actions in: a flat Box, or Discrete(n) indices."""
+        if isinstance(space, gymnasium.spaces.Discrete):
+            return gymnasium.spaces.Discrete(int(space.n))
+        return gymnasium.spaces.flatten_space(space)
+
+    def _reads_task_option(self, task: dict) -> bool:
+        """Whether the env takes its task through reset options (probed once, on a spare env)."""
+        if self._task_from_options is None:
+            spare = self._make()
+            try:
+                self._task_from_options = reads_task_option(spare, task)
+            finally:
+                spare.close()
+        return self._task_from_options
+
+    def _no_route_error(self) -> ValueError:
+        layers = " > ".join(type(layer).__name__ for layer in wrapper_stack(self.envs[0]))
+        return ValueError(
+            f"{self.env_id}: the env has no way to take a task: no layer of its stack ({layers}) has "
+            "set_task(task), and its reset never reads options['task']; add a set_task(task) method to "
+            "the env or to a gymnasium.Wrapper around it, or read the task from reset(options={'task': task}) "
+            "(set task_from_options = True on the class if it reads a copy of the options)"
+        )
 
     def set_task(self, task: dict) -> None:
         if self._dist is not None:
             task = self._dist.validate(task)
-        if self._has_set_task:
-            for e in self.envs:
-                e.unwrapped.set_task(task)
+        if self._setters[0] is not None:
+            for set_task in self._setters:
+                set_task(task)
+        elif not self._reads_task_option(task):
+            raise self._no_route_error()
         self._task = copy_task(task)
 
     def get_task(self) -> dict:
@@ -173,8 +291,22 @@ class SerialBatchedEnv:
     def _flat(self, obs: Any) -> np.ndarray:
         return np.asarray(obs).reshape(self._obs_dim)
 
+    def _env_actions(self, actions: np.ndarray, where: str) -> np.ndarray:
+        """``[K, ...]`` batched-space actions as the env takes them (shape, bounds, ``start``)."""
+        k, space = self.num_envs, self._env_action_space
+        if isinstance(space, gymnasium.spaces.Discrete):
+            if actions.size != k:
+                raise ValueError(f"{where}: Discrete actions must have shape ({k},), got {actions.shape}")
+            return actions.reshape(k) + int(space.start)
+        flat = self.single_action_space
+        if actions.size != k * flat.shape[0]:
+            raise ValueError(f"{where}: actions must have shape {(k, *flat.shape)}, got {actions.shape}")
+        a = np.clip(actions.reshape(k, -1), flat.low, flat.high).reshape(k, *space.shape)
+        return a.astype(space.dtype) if np.issubdtype(space.dtype, np.floating) else a
+
     def reset(self, seed: int) -> np.ndarray:
-        options = None if (self._has_set_task or self._task is None) else {"task": copy_task(self._task)}
+        by_options = self._setters[0] is None and self._task is not None
+        options = {"task": copy_task(self._task)} if by_options else None
         rows = [self._flat(e.reset(seed=int(seed) + i, options=options)[0]) for i, e in enumerate(self.envs)]
         self._obs = np.stack(rows)
         self._t[:] = 0
@@ -185,7 +317,7 @@ class SerialBatchedEnv:
         k = self.num_envs
         act = check_active(active, k, where)
         actions = np.asarray(actions)
-        if actions.shape[0] != k:
+        if actions.ndim == 0 or actions.shape[0] != k:
             raise ValueError(f"{where}: actions must have leading dimension {k}, got shape {actions.shape}")
         if actions.dtype.kind in "fc":
             finite = np.isfinite(actions.reshape(k, -1)).all(axis=1)
@@ -193,13 +325,14 @@ class SerialBatchedEnv:
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise ValueError(f"{where}: action of env {i} contains NaN or inf: {actions[i]}")
+        env_actions = self._env_actions(actions, where)
         obs = self._obs.copy()
         reward = np.zeros(k)
         terminated = np.zeros(k, dtype=bool)
         env_truncated = np.zeros(k, dtype=bool)
         infos: list[dict] = [{} for _ in range(k)]
         for i in np.flatnonzero(act):
-            o, r, term, trunc, info = self.envs[i].step(actions[i])
+            o, r, term, trunc, info = self.envs[i].step(env_actions[i])
             obs[i] = self._flat(o)
             reward[i] = r
             terminated[i] = term
