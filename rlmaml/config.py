@@ -2,8 +2,10 @@
 
 A run's configuration is one :class:`Config`. It is built from a shipped preset (``rlmaml/presets/*.yaml``)
 or a user YAML file, then dotted overrides such as ``maml.inner_lr=0.02``. OmegaConf structured configs do
-the merging and the type checks; :func:`validate` checks ranges. Every mistake becomes a
-:class:`ConfigError` with one line naming the bad key or value.
+the merging and the type checks; :func:`validate` checks ranges, the upper bounds of
+:mod:`rlmaml.config_bounds` and that no key is set that the experiment does not read. Config files are read
+with bounded size, aliases and depth. Every mistake becomes a :class:`ConfigError` with one line naming the
+bad key or value.
 
 Each field's docstring (the string under it) is the help text that ``rlmaml train --help-config`` prints.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,250 +23,24 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlmaml import config_bounds as B
+from rlmaml.config_bounds import show as _show
+from rlmaml.config_schema import (  # noqa: F401  (re-exported: the config's public names)
+    Config,
+    ConfigError,
+    EvalConfig,
+    MamlConfig,
+    OmniglotConfig,
+    OptimConfig,
+    RLConfig,
+    RunConfig,
+    SinusoidConfig,
+    field_help,
+)
+
 PRESET_DIR = Path(__file__).parent / "presets"
 EXPERIMENTS = ("sinusoid", "omniglot", "rl")
-
-
-class ConfigError(ValueError):
-    """A user's configuration mistake: the message is one line naming the bad key or value."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Where and how a run records itself."""
-
-    name: str = ""
-    """Run name; defaults to the preset name."""
-    dir: str = ""
-    """Run directory; defaults to runs/<name>-<timestamp>."""
-    seed: int = 0
-    """Seed of every random number in the run (tasks, initialisation, sampling)."""
-    iterations: int = 1000
-    """Number of meta-iterations (outer steps)."""
-    checkpoint_every: int = 100
-    """Write a checkpoint every this many iterations (and at the end)."""
-    keep_checkpoints: int = 3
-    """How many of the newest checkpoints to keep."""
-    log_every: int = 10
-    """Print a progress line every this many iterations when not on a terminal."""
-    tensorboard: bool = False
-    """Mirror metrics to TensorBoard (needs the tensorboard extra)."""
-    max_consecutive_failures: int = 5
-    """Stop the run after this many consecutive skipped (non-finite) updates."""
-    device: str = "auto"
-    """Learner device: auto (CUDA when available), cpu or cuda."""
-    time_limit_min: float = 0.0
-    """Stop (with a checkpoint) after this many minutes of training; 0 means no limit."""
-
-
-@dataclass(frozen=True)
-class MamlConfig:
-    """The inner adaptation and the meta-objective (shared by every domain)."""
-
-    inner_lr: float = 0.01
-    """Inner-loop step size alpha."""
-    inner_steps: int = 1
-    """Inner gradient steps during meta-training (0 trains the 'pretrained on all tasks' baseline)."""
-    first_order: bool = False
-    """Drop the second-order terms (first-order MAML)."""
-    first_order_until: float = 0.0
-    """Fraction of training run first order before switching to second order (MAML++ annealing)."""
-    learn_inner_lr: bool = False
-    """Learn one inner step size per parameter tensor and per step (MAML++ LSLR / Meta-SGD)."""
-    multi_step_loss: bool = False
-    """Weight the outer loss over every inner step, annealed toward the last (MAML++ MSL)."""
-    msl_anneal_fraction: float = 0.1
-    """Fraction of training over which the multi-step-loss weights anneal to the last step."""
-    batching: str = "auto"
-    """How tasks are batched in the meta-objective: auto, vmap or loop."""
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """The outer (meta) optimiser for the supervised experiments, and the meta-batch for all."""
-
-    meta_lr: float = 1e-3
-    """Adam learning rate of the meta-update (PPO outer step for RL)."""
-    meta_batch: int = 25
-    """Tasks per meta-iteration."""
-    cosine: bool = False
-    """Cosine-anneal the meta learning rate (MAML++)."""
-    min_meta_lr: float = 1e-5
-    """Floor of the cosine schedule."""
-    grad_clip: float = 0.0
-    """Clip the meta-gradient norm to this value (0 disables)."""
-
-
-@dataclass(frozen=True)
-class SinusoidConfig:
-    """Sinusoid regression tasks y = A sin(x - phase) (paper section 5.1)."""
-
-    k_shot: int = 10
-    """Support points per task during training."""
-    k_query: int = 10
-    """Query points per task during training."""
-    amplitude: tuple[float, float] = (0.1, 5.0)
-    """Range of the amplitude A."""
-    phase: tuple[float, float] = (0.0, math.pi)
-    """Range of the phase."""
-    x_range: tuple[float, float] = (-5.0, 5.0)
-    """Range of the inputs x."""
-    hidden: tuple[int, ...] = (40, 40)
-    """Hidden layer widths of the ReLU MLP."""
-
-
-@dataclass(frozen=True)
-class OmniglotConfig:
-    """Few-shot Omniglot classification (paper section 5.2)."""
-
-    root: str = ""
-    """Folder holding images_background.zip and images_evaluation.zip (or $RLMAML_DATA)."""
-    cache_dir: str = ""
-    """Where the resized 28x28 array is cached (default ~/.cache/rlmaml)."""
-    ways: int = 5
-    """Classes per task (N)."""
-    shots: int = 1
-    """Support images per class (K)."""
-    queries: int = 15
-    """Query images per class."""
-    split: str = "paper"
-    """'paper' (1200 train / 423 test characters, seeded) or 'alphabet' (background / evaluation)."""
-    train_characters: int = 1200
-    """Training characters in the paper split."""
-    split_seed: int = 1
-    """Seed of the paper split."""
-    rotations: bool = True
-    """Add 90/180/270 degree rotations as new training classes."""
-    model: str = "conv"
-    """'conv' (4 x conv64-BN-ReLU, stride 2) or 'mlp' (256-128-64-64)."""
-    per_step_bn: bool = False
-    """Separate batch-norm weights per inner step (MAML++ BNWB)."""
-    test_steps: int = 3
-    """Inner steps at test time."""
-
-
-@dataclass(frozen=True)
-class RLConfig:
-    """Meta-reinforcement learning: tasks, sampling, policy and the TRPO outer step (paper section 5.3)."""
-
-    env: str = "rlmaml/Navigation2D-v0"
-    """Gymnasium id of the task family."""
-    env_module: str = ""
-    """Module to import before making the env (for user envs that register themselves)."""
-    task_distribution: str = ""
-    """'module:Class' of the task distribution; empty uses the one registered for the env id."""
-    horizon: int = 100
-    """Steps per trajectory (H)."""
-    trajectories: int = 20
-    """Trajectories per task for each of D_train and D_val (K)."""
-    gamma: float = 0.99
-    """Discount."""
-    gae_lambda: float = 1.0
-    """GAE lambda."""
-    hidden: tuple[int, ...] = (100, 100)
-    """Hidden widths of the policy MLP."""
-    init_std: float = 1.0
-    """Initial policy standard deviation."""
-    min_std: float = 1e-6
-    """Lower bound on the policy standard deviation."""
-    normalize_actions: bool = True
-    """The policy acts in [-1, 1], rescaled to the env's (finite) Box bounds, as rllab's normalize() did for the
-    paper; init_std is then relative to the action range. False: the policy's action goes to the env as is."""
-    inner_loss: str = "reinforce"
-    """Inner policy-gradient estimator: 'reinforce' (the paper's) or 'lvc' (unbiased, ProMP)."""
-    outer: str = "trpo"
-    """Outer optimiser: 'trpo' (the paper's) or 'ppo' (clipped surrogate with Adam, ProMP-style)."""
-    max_kl: float = 0.01
-    """TRPO trust region (mean KL of post-update policies)."""
-    cg_iters: int = 10
-    """Conjugate-gradient iterations."""
-    cg_damping: float = 1e-5
-    """Damping added to the KL Hessian."""
-    cg_task_fraction: float = 1.0
-    """Fraction of the meta-batch's tasks whose exact KL curvature CG uses (1.0: all, as the paper)."""
-    compile: bool = False
-    """Run the TRPO direction (meta-gradient and CG) and the line search's evaluations through torch.compile: the
-    same numbers up to float rounding, faster after a one-off compile per run (1-2 minutes on a 2-core CPU with a
-    cold cache). Needs rl.batch=trajectories. Falls back to eager, with a warning, if compiling fails."""
-    ls_steps: int = 15
-    """Backtracking line-search steps."""
-    ls_ratio: float = 0.8
-    """Backtracking ratio."""
-    ls_kl_extrapolate: bool = False
-    """After a line-search candidate rejected for its KL, skip the candidates whose KL, extrapolated as quadratic
-    in the step length, is still over max_kl, less one (fewer evaluations; the paper's search is False)."""
-    ppo_clip: float = 0.2
-    """Clip range of the PPO outer objective."""
-    ppo_epochs: int = 5
-    """Adam epochs per iteration of the PPO outer objective."""
-    backend: str = "ray"
-    """'ray' (actors; a local Ray is started if no address) or 'local' (in-process, no Ray)."""
-    address: str = ""
-    """Ray address to join ('auto' or host:port); empty starts a local Ray."""
-    num_workers: int = 0
-    """Rollout actors; 0 means the cluster's CPUs minus what the learner needs."""
-    batch: str = "trajectories"
-    """What one batch of a task is. 'trajectories': rl.trajectories episodes. 'steps': rllab's batches, as the
-    paper's code sampled them: the episodes that rl.trajectories auto-reset envs complete within
-    trajectories x H steps (more, and shorter, episodes where episodes end early; see eval.batch). Every
-    episode is a column of H steps and tasks are padded to the largest count, so the learner's work grows with
-    the number of episodes, not of steps."""
-    tasks_per_call: int = 0
-    """Tasks per Ray actor call, sampled together (one policy forward per step for all of them); 0 means
-    ceil(meta_batch / (2 * actors)): two calls per actor."""
-    task_timeout_s: float = 300.0
-    """Seconds per task before a rollout call is cancelled and resubmitted (a call of n tasks gets n times it)."""
-    max_task_retries: int = 3
-    """Resubmissions of one task before the iteration fails."""
-    dashboard_host: str = "127.0.0.1"
-    """Interface the embedded Ray dashboard binds to."""
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation of adaptation to new tasks."""
-
-    seed: int = 1234
-    """Seed of the test tasks (distinct from training)."""
-    test_tasks: int = 600
-    """Supervised test tasks."""
-    shots: tuple[int, ...] = (5, 10, 20)
-    """Supervised: support sizes K to evaluate."""
-    steps: tuple[int, ...] = (1, 5, 10)
-    """Supervised: report the loss after these inner steps."""
-    query_points: int = 100
-    """Sinusoid: query points per test task."""
-    goals: int = 40
-    """RL: number of test goals."""
-    goals_file: str = ""
-    """RL: a YAML/JSON list of task dicts to evaluate instead of sampled goals."""
-    rl_steps: int = 3
-    """RL: policy-gradient steps at test time (returns after 0..rl_steps)."""
-    trajectories: int = 0
-    """RL: trajectories per step (0 uses rl.trajectories)."""
-    step_decay: float = 0.5
-    """RL: step size alpha for the first step, alpha * step_decay after (the paper's alpha/2)."""
-    batch: str = "trajectories"
-    """RL: what one test-time batch is. 'trajectories': eval.trajectories episodes. 'steps': as rllab sampled
-    for the paper's test scripts, the episodes that eval.trajectories auto-reset envs complete within
-    trajectories x H steps (more, and shorter, episodes wherever episodes can end early, as in 2D navigation)."""
-    init: str = "checkpoint"
-    """RL: evaluate the checkpoint's θ, or 'random' for the untrained initialisation (the paper's baseline)."""
-
-
-@dataclass(frozen=True)
-class Config:
-    """A whole rlmaml run."""
-
-    experiment: str = "sinusoid"
-    """Which experiment: sinusoid, omniglot or rl."""
-    run: RunConfig = field(default_factory=RunConfig)
-    maml: MamlConfig = field(default_factory=MamlConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sinusoid: SinusoidConfig = field(default_factory=SinusoidConfig)
-    omniglot: OmniglotConfig = field(default_factory=OmniglotConfig)
-    rl: RLConfig = field(default_factory=RLConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
 
 
 def preset_names() -> list[str]:
@@ -272,13 +48,39 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def load_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load`` of ``text`` with bounded aliases, size and depth; ConfigError naming ``what`` else."""
+    if len(text) > B.MAX_FILE_BYTES:
+        raise ConfigError(f"{what} is {len(text):,} characters long; the most is {B.MAX_FILE_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        return B.load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot read {what}: {str(exc).splitlines()[0]}") from None
+    except B.LimitError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file (a preset, a user file or a run's config.yaml), read within the limits.
+
+    An unreadable, oversize, non-UTF-8, empty, non-YAML or non-mapping file is a one-line ConfigError naming it.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(B.MAX_FILE_BYTES + 1)
+    except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+    if len(raw) > B.MAX_FILE_BYTES:
+        raise ConfigError(f"config {path} is larger than {B.MAX_FILE_BYTES:,} bytes; a config file is a few kB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} at offset "
+                          f"{exc.start}); a config file is YAML text") from None
+    data = load_yaml(text, f"config {path}")
     if data is None:
-        return {}
+        raise ConfigError(f"config {path} is empty; it needs a mapping of settings, e.g. 'experiment: rl'")
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping, got {type(data).__name__}")
     return data
@@ -288,30 +90,35 @@ def preset_dict(preset: str) -> dict[str, Any]:
     """The raw mapping of a shipped preset name or a YAML file path."""
     path = Path(preset)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        return _read_yaml(path)
+        return read_config_file(path)
     shipped = PRESET_DIR / f"{preset}.yaml"
     if not shipped.is_file():
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(preset_names())} or a .yaml file")
-    return _read_yaml(shipped)
+    return read_config_file(shipped)
 
 
 def _split_override(item: str) -> tuple[str, str]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key=value")
+        raise ConfigError(f"override {_show(item)} is not of the form key=value")
     key, value = item.split("=", 1)
     if not key:
-        raise ConfigError(f"override {item!r} has an empty key")
+        raise ConfigError(f"override {_show(item)} has an empty key")
+    if len(item) > B.MAX_OVERRIDE_CHARS:
+        raise ConfigError(f"override of {_show(key.strip())} is {len(item):,} characters long; the most is "
+                          f"{B.MAX_OVERRIDE_CHARS:,}")
     return key.strip(), value
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, item: str) -> Any:
     """YAML scalar/list parsing as OmegaConf's dotlist does, so '1e-3' becomes a float."""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return B.load_yaml(text) if text != "" else ""
+    except B.LimitError as exc:
+        raise ConfigError(f"bad value in override {_show(item)}: {exc}") from None
     except yaml.YAMLError:
         try:
             return ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             return text
 
 
@@ -348,7 +155,7 @@ def _nested(items: list[tuple[str, str, Any]]) -> dict[str, Any]:
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+                raise ConfigError(f"override {_show(item)} conflicts with an earlier override of {part!r}")
             node = child
         node[leaf] = value
     return dotted
@@ -359,11 +166,17 @@ def build_config(preset: str | dict[str, Any], overrides: list[str] | tuple[str,
     base = OmegaConf.structured(Config)
     OmegaConf.set_readonly(base, False)
     layer = preset_dict(preset) if isinstance(preset, str) else preset
+    if not isinstance(layer, dict):
+        raise ConfigError("config is empty" if layer is None else f"config must be a mapping, got {type(layer).__name__}")
+    try:
+        B.check_data(layer)  # e.g. a run's config.yaml read elsewhere with yaml.safe_load
+    except B.LimitError as exc:
+        raise ConfigError(f"config: {exc}") from None
     items = []
     for item in overrides:
         key, text = _split_override(item)
         # A str field keeps the text as typed (YAML would turn 'yes' into True and '007' into 7).
-        items.append((item, key, text if _field_type(key) is str else _parse_value(text)))
+        items.append((item, key, text if _field_type(key) is str else _parse_value(text, item)))
     try:
         merged = OmegaConf.merge(base, OmegaConf.create(layer))
     except (OmegaConfBaseException, TypeError, RecursionError) as exc:
@@ -374,9 +187,9 @@ def build_config(preset: str | dict[str, Any], overrides: list[str] | tuple[str,
         except (OmegaConfBaseException, TypeError, RecursionError) as exc:  # e.g. rl.hidden.0=1, rl.hidden=&a [*a]
             message = _friendly(exc)
             if isinstance(exc, RecursionError):
-                message = f"bad value in override {item!r}: {message}"
+                message = f"bad value in override {_show(item)}: {message}"
             elif getattr(exc, "full_key", None) is None or "$VALUE" in message:
-                message = f"bad value in override {item!r}: {str(exc).splitlines()[0].split(':')[0]}"
+                message = f"bad value in override {_show(item)}: {str(exc).splitlines()[0].split(':')[0]}"
                 message = message.replace("'$VALUE' of type '$VALUE_TYPE' ", "")
             raise ConfigError(message) from None
     try:
@@ -386,9 +199,17 @@ def build_config(preset: str | dict[str, Any], overrides: list[str] | tuple[str,
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
     if isinstance(preset, str) and not cfg.run.name:
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=Path(preset).stem))
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=_run_name(preset, cfg)))
     validate(cfg)
     return cfg
+
+
+def _run_name(preset: str, cfg: Config) -> str:
+    """The preset's name; for ``custom``, the env's (``mytasks/PointLine-v0`` -> ``PointLine-v0``)."""
+    name = Path(preset).stem
+    if name != "custom":
+        return name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.rl.env.rsplit("/", 1)[-1])[:100]
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -431,7 +252,8 @@ def validate(cfg: Config) -> None:
     _choice(cfg.experiment, "experiment", EXPERIMENTS)
     for key in ("iterations", "checkpoint_every", "keep_checkpoints", "log_every", "max_consecutive_failures"):
         _positive(getattr(cfg.run, key), f"run.{key}")
-    _choice(cfg.run.device, "run.device", ("auto", "cpu", "cuda"))
+    _require(isinstance(cfg.run.device, str) and _DEVICE.fullmatch(cfg.run.device) is not None,
+             f"run.device must be auto, cpu, cuda or cuda:N (N a GPU index); got {_show(cfg.run.device)}")
     _require(math.isfinite(cfg.run.time_limit_min) and cfg.run.time_limit_min >= 0,
              f"run.time_limit_min must be >= 0, got {cfg.run.time_limit_min}")
     _positive(cfg.maml.inner_lr, "maml.inner_lr")
@@ -502,6 +324,12 @@ def validate(cfg: Config) -> None:
     for key, seed in (("run.seed", cfg.run.seed), ("eval.seed", e.seed), ("omniglot.split_seed", o.split_seed)):
         _require(0 <= seed < 2**63, f"{key} must be in [0, 2**63), got {seed}")
     _require_finite(cfg)
+    try:  # the upper bounds of rlmaml.config_bounds, then the keys that this experiment does not read
+        B.check_leaves(B.leaves(cfg))
+        B.check_work(cfg)
+        B.check_applies(cfg.experiment, B.leaves(cfg), dict(B.leaves(Config())))
+    except B.LimitError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _require_finite(obj: Any, prefix: str = "") -> None:
@@ -513,36 +341,3 @@ def _require_finite(obj: Any, prefix: str = "") -> None:
             continue
         for v in value if isinstance(value, tuple) else (value,):
             _require(not isinstance(v, float) or math.isfinite(v), f"{prefix}{f.name} must be finite, got {v!r}")
-
-
-def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, docstring) for every leaf field, read from the attribute docstrings."""
-    import inspect
-
-    docs = _attribute_docs(cls)
-    rows: list[tuple[str, str, str]] = []
-    instance = cls()
-    for f in dataclasses.fields(cls):
-        value = getattr(instance, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            rows.extend(field_help(type(value), key + "."))
-        else:
-            shown = list(value) if isinstance(value, tuple) else value
-            rows.append((key, repr(shown), docs.get(f.name, inspect.getdoc(type(value)) or "")))
-    return rows
-
-
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """Map field name -> the string literal placed under it in the class body."""
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
-                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-            docs[node.target.id] = nxt.value.value.strip()
-    return docs

@@ -40,7 +40,14 @@ def test_shipped_presets_include_both_sinusoid_settings_and_all_build() -> None:
     assert {"sinusoid", "sinusoid-pretrained"} <= set(names)
     for name in names:
         cfg = build_config(name)
-        assert cfg.run.name == name
+        assert cfg.run.name == (name if name != "custom" else "Navigation2D-v0")  # custom: named for its env
+
+
+def test_the_custom_preset_names_the_run_for_the_env_and_has_the_papers_meta_rl_defaults() -> None:
+    cfg = build_config("custom", ["rl.env=mytasks/PointLine-v0"])
+    assert cfg.run.name == "PointLine-v0" and cfg.experiment == "rl"
+    assert (cfg.optim.meta_batch, cfg.rl.trajectories, cfg.maml.inner_lr, cfg.rl.outer, cfg.rl.max_kl) == \
+        (20, 20, 0.1, "trpo", 0.01)
 
 
 def test_sinusoid_presets_have_the_papers_settings() -> None:
@@ -281,10 +288,12 @@ def test_every_validation_rule_raises_a_config_error_naming_the_key(override: st
 def test_boundary_values_are_accepted() -> None:
     cfg = build_config("sinusoid", [
         "maml.inner_steps=0", "maml.first_order_until=1", "maml.msl_anneal_fraction=0", "optim.min_meta_lr=0",
-        "optim.grad_clip=0", "rl.gamma=1", "rl.gae_lambda=0", "rl.num_workers=0", "eval.steps=[0]",
+        "optim.grad_clip=0", "eval.steps=[0]",
         "sinusoid.amplitude=[1,1]", "omniglot.shots=5", "omniglot.queries=15",
     ])
     assert cfg.maml.inner_steps == 0
+    rl = build_config("nav2d", ["rl.gamma=1", "rl.gae_lambda=0", "rl.num_workers=0"])  # the RL keys on an RL run
+    assert (rl.rl.gamma, rl.rl.gae_lambda) == (1, 0)
 
 
 def test_validate_checks_a_config_built_in_code() -> None:
