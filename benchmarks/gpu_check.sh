@@ -37,12 +37,12 @@ import numpy as np
 import torch
 
 from rlmaml.config import build_config
-from rlmaml.rl.learner import MetaLearner
-from rlmaml.rl.learner_placement import RemoteLearner, current_placement
+from rlmaml.rl.learning.learner import MetaLearner
+from rlmaml.rl.learning.placement import RemoteLearner, current_placement
 from rlmaml.rl.ray_runtime import init_ray
-from rlmaml.rl.ray_sampler import RaySampler
-from rlmaml.rl.trainer import make_task_distribution, task_requests
-from rlmaml.rl.worker import WorkerSpec
+from rlmaml.rl.sampling.ray_sampler import RaySampler
+from rlmaml.rl.build import make_task_distribution, task_requests
+from rlmaml.rl.sampling.worker import WorkerSpec
 
 DRY = os.environ.get("GPU_CHECK_DRY_RUN") == "1"
 GPU = "cpu" if DRY else "cuda"
@@ -85,7 +85,7 @@ for preset, overrides in (("nav2d", []), ("halfcheetah-vel", [f"optim.meta_batch
         learners = {d: MetaLearner(cfg, *spaces, torch.device(d)) for d in ("cpu", GPU)}
         requests = task_requests(cfg, make_task_distribution(cfg), 0)
         t0 = time.perf_counter()
-        results = list(sampler.sample(learners["cpu"].weights(), 0, requests))
+        results = list(sampler.sample(learners["cpu"].weights(), requests))
         t_sample = time.perf_counter() - t0
     finally:
         sampler.close()
@@ -193,9 +193,9 @@ import sys, time
 import torch
 
 from rlmaml.config import build_config
-from rlmaml.rl.learner import MetaLearner
-from rlmaml.rl.trainer import make_task_distribution, task_requests
-from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+from rlmaml.rl.learning.learner import MetaLearner
+from rlmaml.rl.build import make_task_distribution, task_requests
+from rlmaml.rl.sampling.worker import RolloutWorker, WorkerSpec
 
 dev = torch.device(sys.argv[1])
 ok = True

@@ -21,10 +21,10 @@ import torch
 
 from rlmaml.config import build_config
 from rlmaml.devices import resolve_device
-from rlmaml.rl.learner import MetaLearner
-from rlmaml.rl.trainer import make_task_distribution, task_requests
-from rlmaml.rl.trpo import trpo_step
-from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+from rlmaml.rl.build import make_task_distribution, task_requests
+from rlmaml.rl.learning.learner import MetaLearner
+from rlmaml.rl.learning.trpo import trpo_step
+from rlmaml.rl.sampling.worker import RolloutWorker, WorkerSpec
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

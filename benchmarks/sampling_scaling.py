@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rlmaml.config import build_config  # noqa: E402
-from rlmaml.rl.learner_placement import make_learner  # noqa: E402
-from rlmaml.rl.trainer import make_task_distribution, task_requests  # noqa: E402
-from rlmaml.rl.worker import WorkerSpec  # noqa: E402
+from rlmaml.rl.build import make_task_distribution, task_requests  # noqa: E402
+from rlmaml.rl.learning.placement import make_learner  # noqa: E402
+from rlmaml.rl.sampling.worker import WorkerSpec  # noqa: E402
 
 PAPER_TASKS = 40
 
@@ -94,7 +94,7 @@ def main() -> None:
     import ray
 
     from rlmaml.rl.ray_runtime import init_ray
-    from rlmaml.rl.ray_sampler import RaySampler
+    from rlmaml.rl.sampling.ray_sampler import RaySampler
 
     init_ray("", num_cpus=max(args.workers, os.cpu_count() or 1), include_dashboard=False)
 
@@ -110,8 +110,8 @@ def main() -> None:
     print(rows[-1], flush=True)
 
     # (a2) the same RolloutWorker in this process (no Ray): separates Ray's cost from the worker's own
-    from rlmaml.rl.learner import MetaLearner
-    from rlmaml.rl.worker import RolloutWorker
+    from rlmaml.rl.learning.learner import MetaLearner
+    from rlmaml.rl.sampling.worker import RolloutWorker
 
     worker = RolloutWorker(spec, num_threads=1)
     weights0 = MetaLearner(cfg, *worker.spaces(), torch.device("cpu")).weights()
@@ -136,11 +136,11 @@ def main() -> None:
             if learner is None:
                 learner = make_learner(cfg, *sampler.spaces())
             weights = learner.weights()
-            list(sampler.sample(weights, 0, task_requests(cfg, make_task_distribution(cfg), 99)[:n]))  # warm-up
+            list(sampler.sample(weights, task_requests(cfg, make_task_distribution(cfg), 99)[:n]))  # warm-up
             best, steps = float("inf"), 0
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                steps = sum(r["env_steps"] for r in sampler.sample(weights, 0, requests))
+                steps = sum(r["env_steps"] for r in sampler.sample(weights, requests))
                 best = min(best, time.perf_counter() - start)
             rates[n], sample_time[n] = steps / best, best
             rows.append((f"({'b' if n == 1 else 'c'}) RaySampler, {n} worker{'s' * (n > 1)}", f"{rates[n]:,.0f} steps/s",

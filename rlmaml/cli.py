@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from rlmaml.config import Config, ConfigError, build_config, field_help, preset_names
 from rlmaml.devices import resolve_device
+from rlmaml.loop import Interrupted
 from rlmaml.runs import RunDir, RunError, TrainingStopped
 
 EXIT_USAGE = 2
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="learning curves from runs' metrics.jsonl",
                           description="Learning curves (mean ± std over the given runs) as a PNG.")
     plot.add_argument("runs", nargs="+", help="run directories (several seeds are averaged)")
-    plot.add_argument("--out", default="learning_curves.png", help="output PNG (default: learning_curves.png)")
+    plot.add_argument("--out", default="", help="output PNG (default: learning_curves.png in the run, or in the "
+                                                  "runs' common parent folder for several)")
 
     report = sub.add_parser("report", help="markdown reproduction table beside the paper's numbers",
                             description="Render a markdown table of evaluated runs against the paper.")
@@ -103,17 +105,21 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Config, RunDir | No
         return run.config(overrides), run, checkpoint
     if not args.preset:
         raise ConfigError("name a preset (rlmaml presets lists them) or --resume RUN_DIR")
+    if args.preset == "custom" and not any(o.split("=", 1)[0].strip() == "rl.env" for o in overrides):
+        raise ConfigError("preset custom trains your own env: name it with rl.env=ID (and rl.env_module=MODULE, "
+                          "rl.task_distribution=MODULE:OBJECT where needed)")
     return build_config(args.preset, overrides), None, None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, run, checkpoint = _resolve_train_config(args)
     if cfg.experiment == "rl":
-        from rlmaml.rl.trainer import check_rl_config
+        from rlmaml.rl.build import check_rl_config
 
         check_rl_config(cfg)
     resolve_device(cfg.run.device)  # run.device=cuda without a GPU is a usage error before the run dir exists
     run = run or RunDir.create(cfg, args.runs_dir)
+    args.run_path = run.path
     print(f"rlmaml: run directory {run.path}", file=sys.stderr, flush=True)
     with run.exclusive():  # one trainer per run directory (a resume started twice is refused)
         if cfg.experiment == "rl":
@@ -146,9 +152,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from rlmaml.plots import plot_learning_curves
 
-    out = plot_learning_curves([RunDir.open(p) for p in args.runs], Path(args.out))
+    runs = [RunDir.open(p) for p in args.runs]
+    out = Path(args.out) if args.out else _common_folder([r.path for r in runs]) / "learning_curves.png"
+    out = plot_learning_curves(runs, out)
     print(out)
     return 0
+
+
+def _common_folder(paths: list[Path]) -> Path:
+    """The one run's directory, or the deepest folder that holds every run."""
+    import os
+
+    if len(paths) == 1:
+        return paths[0]
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -159,6 +176,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text)
     print(text)
     return 0
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """'; resume with: rlmaml train --resume RUN' for a training run whose directory exists, else ''."""
+    path = getattr(args, "run_path", None)
+    return f"; the last checkpoint is kept: rlmaml train --resume {path}" if path else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,8 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as exc:
         print(f"rlmaml: stopped: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"rlmaml: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("rlmaml: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        print(f"rlmaml: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
 
 

@@ -2,7 +2,7 @@
 
 Writes ``eval.json`` (config of the evaluation, rows, summary), ``eval.csv`` and ``eval.png`` into the run
 directory. Supervised runs report metric mean ± 95% CI per support size and step count; meta-RL runs
-report mean return ± 95% CI after 0..N policy-gradient steps (see :mod:`rlmaml.rl.evaluate`).
+report mean return ± 95% CI after 0..N policy-gradient steps (see :mod:`rlmaml.rl.evaluation.evaluate`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def evaluate_run(run: RunDir, overrides: list[str], checkpoint: str = "best", vi
     cfg = run.config(overrides)
     state = run.load_checkpoint(checkpoint)
     if cfg.experiment == "rl":
-        from rlmaml.rl.evaluate import evaluate_rl_run
+        from rlmaml.rl.evaluation.evaluate import evaluate_rl_run
 
         result = evaluate_rl_run(cfg, run, state, video=video)
     else:

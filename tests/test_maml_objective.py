@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from rlmaml.rl.episodes import Episodes
-from rlmaml.rl.maml_objective import MamlRlObjective, MetaBatch
+from rlmaml.rl.learning.maml_objective import MamlRlObjective, MetaBatch
+from rlmaml.rl.learning.trpo import hessian_vector_product
 from rlmaml.rl.objectives import inner_loss, with_advantages
 from rlmaml.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
-from rlmaml.rl.trpo import hessian_vector_product
 
 
 def random_episodes(rng: np.random.Generator, t: int, k: int, obs_dim: int, act_dim: int | None,

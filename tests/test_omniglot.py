@@ -14,7 +14,7 @@ from PIL import Image
 
 from rlmaml.config import OmniglotConfig
 from rlmaml.meta import adapt, meta_objective, params_of
-from rlmaml.supervised import omniglot
+from rlmaml.supervised import omniglot_data as omniglot
 from rlmaml.supervised.omniglot import (
     ClassPool,
     OmniglotData,

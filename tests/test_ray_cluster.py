@@ -31,8 +31,8 @@ class NodeRemovingSampler:
         self.seen: list[tuple[int, int, int]] = []
         self.removed = False
 
-    def sample(self, weights, version, requests):
-        for result in self.inner.sample(weights, version, requests):
+    def sample(self, weights, requests):
+        for result in self.inner.sample(weights, requests):
             self.seen.append((result["iteration"], result["task_index"], result["pid"]))
             if result["iteration"] == self.remove_at and not self.removed:
                 self.cluster.remove_node(self.node, allow_graceful=False)
@@ -57,9 +57,9 @@ def two_node_run(run_dir: str) -> dict[str, Any]:
 
     from rlmaml.config import build_config
     from rlmaml.rl.ray_runtime import init_ray
-    from rlmaml.rl.ray_sampler import RaySampler
+    from rlmaml.rl.sampling.ray_sampler import RaySampler
+    from rlmaml.rl.sampling.worker import WorkerSpec
     from rlmaml.rl.trainer import train_rl
-    from rlmaml.rl.worker import WorkerSpec
     from rlmaml.runs import RunDir
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

@@ -19,9 +19,10 @@ import torch
 from test_ray_sampler import assert_same_results
 
 from rlmaml.config import build_config
-from rlmaml.rl.learner import MetaLearner
-from rlmaml.rl.samplers import LocalSampler
-from rlmaml.rl.worker import TaskRequest, WorkerSpec, task_seeds
+from rlmaml.rl.learning.learner import MetaLearner
+from rlmaml.rl.sampling.rollout import task_seeds
+from rlmaml.rl.sampling.samplers import LocalSampler
+from rlmaml.rl.sampling.worker import TaskRequest, WorkerSpec
 
 pytestmark = pytest.mark.ray
 
@@ -77,7 +78,7 @@ class Faulty:
 
 @pytest.fixture(scope="module")
 def faulty(ray_session, tmp_path_factory):
-    from rlmaml.rl.ray_sampler import RaySampler
+    from rlmaml.rl.sampling.ray_sampler import RaySampler
 
     plan = tmp_path_factory.mktemp("plan") / "plan.json"
     plan.write_text("{}")
@@ -108,7 +109,7 @@ def test_worker_killed_mid_iteration(faulty, reference, per_call):
     pids = [w["pid"] for w in sampler.worker_info()]
     assert len(set(pids)) == 2
     got, killed = [], None
-    for result in sampler.sample(weights, 0, requests(6)):
+    for result in sampler.sample(weights, requests(6)):
         got.append(result)
         if killed is None:
             # The worker that just finished was handed its next call before this result was yielded: it is at
@@ -129,7 +130,7 @@ def test_hung_worker_times_out_and_the_task_is_resubmitted(faulty, reference, tm
     marker = tmp_path / "hung-once"
     before = faulty.plan(timeout_s=2.0, retries=2, hang_seed=env_seed(1), hang_s=120.0, marker=str(marker))
     start = time.monotonic()
-    got = list(faulty.sampler.sample(weights, 0, requests(6)))
+    got = list(faulty.sampler.sample(weights, requests(6)))
     elapsed = time.monotonic() - start
     assert marker.exists()  # the first attempt of task 1 did hang
     assert_same_results(got, expected, atol=rounding(per_call))
@@ -139,28 +140,28 @@ def test_hung_worker_times_out_and_the_task_is_resubmitted(faulty, reference, tm
 
 
 def test_env_exception_fails_fast_naming_task_and_seed(faulty, reference, per_call):
-    from rlmaml.rl.ray_sampler import TaskFailedError
+    from rlmaml.rl.sampling.ray_sampler import TaskFailedError
 
     weights, _ = reference
     before = faulty.plan(timeout_s=60, retries=3, raise_seed=env_seed(2))
     with pytest.raises(TaskFailedError) as info:
-        list(faulty.sampler.sample(weights, 0, requests(4)))
+        list(faulty.sampler.sample(weights, requests(4)))
     message = str(info.value)
     assert "task 2" in message and f"run seed {SEED}" in message and f"env seed {env_seed(2)}" in message
     assert "injected env failure" in message and "ValueError" in message
     assert faulty.delta(before)["retries"] == 0  # deterministic: not retried
     # the sampler is still usable afterwards (calls left over from the failed iteration are ignored)
-    ok = list(faulty.sampler.sample(weights, 0, [r for r in requests(4) if r.task_index != 2]))
+    ok = list(faulty.sampler.sample(weights, [r for r in requests(4) if r.task_index != 2]))
     assert sorted(r["task_index"] for r in ok) == [0, 1, 3]
 
 
 def test_task_that_always_times_out_gives_up_after_max_task_retries(faulty, reference, per_call):
-    from rlmaml.rl.ray_sampler import TaskFailedError
+    from rlmaml.rl.sampling.ray_sampler import TaskFailedError
 
     weights, _ = reference
     before = faulty.plan(timeout_s=1.5, retries=1, hang_seed=env_seed(0), hang_s=120.0, marker="always")
     # task 0 hangs, task 1 does not: task 0 is the one charged and named, also when the two share a call
     with pytest.raises(TaskFailedError, match=r"task 0 .*after 1 resubmissions.*task_timeout_s"):
-        list(faulty.sampler.sample(weights, 0, requests(2)))
+        list(faulty.sampler.sample(weights, requests(2)))
     # one call of task 0 and its one resubmission; with two per call, first the call of both
     assert faulty.delta(before)["timeouts"] == (2 if per_call == 1 else 3)

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from rlmaml.config import ConfigError, build_config
-from rlmaml.rl.learner import MetaLearner
-from rlmaml.rl.learner_placement import Placement, learner_placement
+from rlmaml.rl.build import make_task_distribution, task_requests
+from rlmaml.rl.learning.learner import MetaLearner
+from rlmaml.rl.learning.placement import Placement, learner_placement
 from rlmaml.rl.ray_runtime import default_num_workers
-from rlmaml.rl.samplers import LocalSampler
-from rlmaml.rl.trainer import make_task_distribution, task_requests
-from rlmaml.rl.worker import WorkerSpec
+from rlmaml.rl.sampling.samplers import LocalSampler
+from rlmaml.rl.sampling.worker import WorkerSpec
 
 SMALL = ["rl.trajectories=4", "rl.horizon=20", "optim.meta_batch=4", "rl.hidden=[16,16]"]
 
@@ -78,7 +78,7 @@ def test_learner_placement_cuda_without_gpu_is_a_config_error():
 
 
 def test_make_learner_without_ray_is_a_driver_metalearner(capsys):
-    from rlmaml.rl.learner_placement import make_learner
+    from rlmaml.rl.learning.placement import make_learner
 
     cfg = small_cfg("rl.backend=local")
     local = LocalSampler(WorkerSpec.from_config(cfg))
@@ -114,7 +114,7 @@ def test_init_ray_is_idempotent_and_keeps_token_auth(ray_session):
 
 @pytest.mark.ray
 def test_ray_sampler_matches_local_sampler(ray_session):
-    from rlmaml.rl.ray_sampler import RaySampler
+    from rlmaml.rl.sampling.ray_sampler import RaySampler
 
     cfg = small_cfg()
     spec = WorkerSpec.from_config(cfg)
@@ -126,30 +126,30 @@ def test_ray_sampler_matches_local_sampler(ray_session):
         assert (obs_space, act_space) == local.spaces()
         weights = MetaLearner(cfg, obs_space, act_space, torch.device("cpu")).weights()
         requests = task_requests(cfg, make_task_distribution(cfg), 3)
-        got = list(sampler.sample(weights, 0, requests))
+        got = list(sampler.sample(weights, requests))
         assert_same_results(got, one_task_per_call(local, weights, requests))
-        assert_same_results(got, list(local.sample(weights, 0, requests)), atol=1e-5)
+        assert_same_results(got, list(local.sample(weights, requests)), atol=1e-5)
         assert sampler.fault_counts() == {"actor_deaths": 0, "timeouts": 0, "retries": 0}
         # a second iteration on the same actors (new θ, new tasks) still matches
         weights2 = {k: v + 0.01 for k, v in weights.items()}
         requests2 = task_requests(cfg, make_task_distribution(cfg), 4)
-        assert_same_results(list(sampler.sample(weights2, 1, requests2)), one_task_per_call(local, weights2, requests2))
+        assert_same_results(list(sampler.sample(weights2, requests2)), one_task_per_call(local, weights2, requests2))
         assert sampler.stats()["results"] == 8
         # a caller that stops early leaves calls in flight: the next iteration ignores them
         expected = one_task_per_call(local, weights, requests)
-        abandoned = sampler.sample(weights, 0, requests)
+        abandoned = sampler.sample(weights, requests)
         next(abandoned)
         abandoned.close()
-        assert_same_results(list(sampler.sample(weights, 0, requests)), expected)
+        assert_same_results(list(sampler.sample(weights, requests)), expected)
         # two calls queued per actor (pipelining) gives the same data
         sampler.pipeline_depth = 2
-        assert_same_results(list(sampler.sample(weights, 0, requests)), expected)
+        assert_same_results(list(sampler.sample(weights, requests)), expected)
         # several tasks per call, sampled together on the actor: the same data up to float rounding
         sampler.pipeline_depth = 1
         for per_call, calls in [(3, 2), (4, 1), (0, 4)]:  # 0: ceil(left / (2 * actors)) tasks, here 1 each
             sampler.tasks_per_call = per_call
             before = sampler.stats()["calls"]
-            assert_same_results(list(sampler.sample(weights, 0, requests)), expected, atol=1e-5)
+            assert_same_results(list(sampler.sample(weights, requests)), expected, atol=1e-5)
             assert sampler.stats()["calls"] - before == calls
         assert sampler.fault_counts() == {"actor_deaths": 0, "timeouts": 0, "retries": 0}
     finally:
@@ -161,7 +161,7 @@ def test_ray_sampler_matches_local_sampler(ray_session):
 def test_a_worker_that_cannot_start_names_the_cause(ray_session):
     import dataclasses
 
-    from rlmaml.rl.ray_sampler import RaySampler
+    from rlmaml.rl.sampling.ray_sampler import RaySampler
 
     spec = dataclasses.replace(WorkerSpec.from_config(small_cfg()), env_module="no_such_module_for_rlmaml")
     with pytest.raises(RuntimeError, match="failed to start: ValueError: rl.env_module 'no_such_module_for_rlmaml'"):
@@ -171,7 +171,7 @@ def test_a_worker_that_cannot_start_names_the_cause(ray_session):
 @pytest.mark.ray
 def test_remote_learner_proxy_matches_driver_learner(ray_session):
     """The GPU-actor proxy, run on the CPU (num_gpus=0): same metrics and θ as a MetaLearner in the driver."""
-    from rlmaml.rl.learner_placement import RemoteLearner
+    from rlmaml.rl.learning.placement import RemoteLearner
 
     cfg = small_cfg()
     local = LocalSampler(WorkerSpec.from_config(cfg))
@@ -181,7 +181,7 @@ def test_remote_learner_proxy_matches_driver_learner(ray_session):
         assert remote.version == 0
         for name, w in driver.weights().items():
             np.testing.assert_array_equal(w, remote.weights()[name])
-        results = list(local.sample(driver.weights(), 0, task_requests(cfg, make_task_distribution(cfg), 0)))
+        results = list(local.sample(driver.weights(), task_requests(cfg, make_task_distribution(cfg), 0)))
         for r in results:
             driver.add_task(r)
             remote.add_task(r)

@@ -20,12 +20,12 @@ import pytest
 import torch
 from gymnasium import spaces
 
-import rlmaml.rl.trpo as trpo
-import rlmaml.rl.worker as worker_module
+import rlmaml.rl.learning.trpo as trpo
+import rlmaml.rl.sampling.worker as worker_module
 from rlmaml.cli import main
 from rlmaml.config import build_config
-from rlmaml.rl.learner import MetaLearner
-from rlmaml.rl.maml_objective import MamlRlObjective
+from rlmaml.rl.learning.learner import MetaLearner
+from rlmaml.rl.learning.maml_objective import MamlRlObjective
 from rlmaml.rl.policies import GaussianMLPPolicy
 from rlmaml.rl.trainer import train_rl
 from rlmaml.runs import RunDir
@@ -136,7 +136,7 @@ def _train(tmp_path: Path, extra: list[str] = ()) -> tuple[RunDir, MetaLearner]:
 
 
 def _theta(run: RunDir, iteration: int) -> dict[str, torch.Tensor]:
-    from rlmaml.runs import load_verified
+    from rlmaml.checkpoints import load_verified
 
     return load_verified(run.checkpoint_dir / f"ckpt-{iteration:08d}.json")["learner"]["params"]
 
@@ -201,13 +201,13 @@ def test_a_non_finite_policy_output_skips_the_update_naming_task_and_iteration(p
 
 def test_a_non_finite_inner_gradient_on_the_worker_skips_the_update_naming_task(tmp_path, capsys, monkeypatch,
                                                                                 state) -> None:
-    adapt = worker_module.adapt
+    adapt = worker_module.acting_params  # the worker's inner step (rlmaml.rl.adaptation)
 
     def poisoned_adapt(*args, **kwargs):
         phi = adapt(*args, **kwargs)
         return {k: v * math.nan for k, v in phi.items()} if _worker_bad(state) else phi
 
-    monkeypatch.setattr(worker_module, "adapt", poisoned_adapt)
+    monkeypatch.setattr(worker_module, "acting_params", poisoned_adapt)
     run, learner = _train(tmp_path)
     _assert_skipped_and_theta_kept(run, learner, capsys, f"task {BAD_TASK} (iteration {BAD_ITERATION}",
                                    "inner gradient step 1 gave non-finite adapted parameters")
@@ -298,7 +298,7 @@ def test_a_non_finite_ppo_loss_mid_epochs_restores_theta_and_adam_state(tmp_path
     monkeypatch.setattr(MamlRlObjective, "ppo_at", poisoned)
     run, learner = _train(tmp_path, ["rl.outer=ppo", "rl.ppo_epochs=3"])
     _assert_skipped_and_theta_kept(run, learner, capsys, "non-finite loss or gradient")
-    from rlmaml.runs import load_verified
+    from rlmaml.checkpoints import load_verified
 
     adam = [load_verified(run.checkpoint_dir / f"ckpt-{i:08d}.json")["learner"]["optimizer"]["state"] for i in (0, 1)]
     assert adam[0].keys() == adam[1].keys() and adam[0]
@@ -344,8 +344,8 @@ def test_the_count_of_consecutive_skipped_updates_survives_a_resume(tmp_path, ca
 
 
 def test_the_learner_refuses_a_non_finite_episode_batch_that_got_past_a_worker(tmp_path) -> None:
-    from rlmaml.rl.trainer import make_task_distribution, task_requests
-    from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+    from rlmaml.rl.build import make_task_distribution, task_requests
+    from rlmaml.rl.sampling.worker import RolloutWorker, WorkerSpec
 
     cfg = build_config("nav2d", TINY)
     worker = RolloutWorker(WorkerSpec.from_config(cfg))

@@ -1,7 +1,7 @@
 """Crash and resume of a meta-RL run, end to end through the ``rlmaml`` command.
 
 A ``nav2d`` run (``--backend local``, CPU) is SIGKILLed at a chosen moment by the test hook
-``RLMAML_TEST_KILL_AT=<stage>:<iteration>`` (:func:`rlmaml.runs.kill_point`): while sampling, during the outer
+``RLMAML_TEST_KILL_AT=<stage>:<iteration>`` (:func:`rlmaml.kill_hook.kill_point`): while sampling, during the outer
 step, and between a checkpoint's ``.pt`` and its manifest. ``rlmaml train --resume RUN_DIR`` must then finish
 with metrics and parameters identical to an uninterrupted run of the same seed (timing fields aside).
 Also here: resuming past a corrupted latest checkpoint, PPO's Adam state across a resume, and configs that
@@ -23,7 +23,8 @@ import torch
 
 from rlmaml.cli import main
 from rlmaml.config import build_config
-from rlmaml.runs import KILL_ENV, RunDir
+from rlmaml.kill_hook import KILL_ENV
+from rlmaml.runs import RunDir
 
 ITERATIONS = 6
 SMALL = ["optim.meta_batch=4", "rl.trajectories=6", "rl.horizon=25", f"run.iterations={ITERATIONS}",
@@ -156,6 +157,46 @@ def test_resume_past_a_corrupted_latest_checkpoint_warns_and_continues_from_the_
     _assert_same_run(reference, run_dir)
 
 
+# ---- SIGTERM / SIGINT: a clean stop with a checkpoint, then --resume -------------------------------------------------
+
+
+def _signalled_run(tmp_path: Path, signum: int, after_rows: int) -> tuple[Path, subprocess.CompletedProcess]:
+    """Start a run, send ``signum`` once ``after_rows`` iterations are in metrics.jsonl, wait for it to exit."""
+    import time
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "rlmaml.cli", "train", "nav2d", *SMALL, f"run.dir={run_dir}",
+                             "--backend", "local"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= after_rows:
+            proc.send_signal(signum)
+            break
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=240)
+    return run_dir, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_writes_a_checkpoint_exits_nonzero_in_one_line_and_resume_is_exact(
+        reference: Path, tmp_path: Path, signum: int) -> None:
+    run_dir, proc = _signalled_run(tmp_path, signum, after_rows=1)
+    assert proc.returncode == 128 + signum, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and "*** SIGTERM received" not in proc.stderr  # Ray's stack dump
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"rlmaml: {signal.Signals(signum).name}: stopped after ") and \
+        f"resume with: rlmaml train --resume {run_dir}" in last, proc.stderr
+    done = len(RunDir.open(run_dir).metrics())
+    assert 1 <= done < ITERATIONS
+    assert _last_good_iteration(run_dir) == done - 1  # every finished iteration is in the checkpoint
+    proc = _resume(run_dir, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    _assert_same_run(reference, run_dir)
+
+
 # ---- PPO: Adam's state travels with the checkpoint ---------------------------------------------------------------
 
 
@@ -265,7 +306,7 @@ def test_the_package_loads_yaml_only_with_safe_load_and_torch_only_with_weights_
 
 
 def test_the_kill_hook_is_a_no_op_unless_its_variable_names_the_stage_and_iteration(monkeypatch) -> None:
-    from rlmaml.runs import kill_point
+    from rlmaml.kill_hook import kill_point
 
     monkeypatch.delenv(KILL_ENV, raising=False)
     kill_point("sampling", 3)  # would end this test process if it fired

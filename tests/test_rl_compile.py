@@ -13,13 +13,13 @@ import torch
 from test_maml_objective import make_objective
 
 from rlmaml.config import build_config
-from rlmaml.rl import learner as learner_module
-from rlmaml.rl.learner import MetaLearner
-from rlmaml.rl.maml_objective import candidate_terms, compiled, natural_direction
+from rlmaml.rl.build import make_task_distribution, task_requests
+from rlmaml.rl.learning import learner as learner_module
+from rlmaml.rl.learning.learner import MetaLearner
+from rlmaml.rl.learning.maml_objective import candidate_terms, compiled, natural_direction
+from rlmaml.rl.learning.trpo import conjugate_gradient
 from rlmaml.rl.policies import GaussianMLPPolicy
-from rlmaml.rl.trainer import make_task_distribution, task_requests
-from rlmaml.rl.trpo import conjugate_gradient
-from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+from rlmaml.rl.sampling.worker import RolloutWorker, WorkerSpec
 
 
 def _policy_and_params(seed: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""Specifications of meta-RL evaluation (``rlmaml eval`` on RL runs, :mod:`rlmaml.rl.evaluate`) and its videos."""
+"""Specifications of meta-RL evaluation (``rlmaml eval`` on RL runs, :mod:`rlmaml.rl.evaluation.evaluate`) and its videos."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from rlmaml.cli import main
 from rlmaml.config import ConfigError, build_config
-from rlmaml.rl.evaluate import (
+from rlmaml.rl.evaluation.evaluate import (
     EVAL_STREAM,
     eval_step_sizes,
     initial_params,
@@ -118,9 +118,9 @@ def test_a_goals_file_replaces_sampled_goals(nav_run, tmp_path) -> None:
 
 
 def test_random_init_params_are_the_learners_seeded_initialisation() -> None:
-    from rlmaml.rl.learner import MetaLearner
-    from rlmaml.rl.samplers import LocalSampler
-    from rlmaml.rl.worker import WorkerSpec
+    from rlmaml.rl.learning.learner import MetaLearner
+    from rlmaml.rl.sampling.samplers import LocalSampler
+    from rlmaml.rl.sampling.worker import WorkerSpec
 
     cfg = build_config("nav2d-random", ["run.seed=3"])
     spaces = LocalSampler(WorkerSpec.from_config(cfg)).spaces()
@@ -143,7 +143,7 @@ def test_the_oracle_is_evaluated_with_zero_steps(tmp_path) -> None:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_backend_gives_the_local_numbers(nav_run, nav_eval, ray_session) -> None:
-    from rlmaml.rl.evaluate import evaluate_rl_run
+    from rlmaml.rl.evaluation.evaluate import evaluate_rl_run
 
     run = RunDir.open(nav_run)
     cfg = run.config([*EVAL, "rl.backend=ray", "rl.num_workers=2"])
@@ -200,7 +200,7 @@ def test_cli_reports_a_run_without_checkpoint(tmp_path, capsys) -> None:
 # ---- video -----------------------------------------------------------------------------------------------------
 
 def test_video_without_moviepy_says_what_to_install(monkeypatch) -> None:
-    from rlmaml.rl.video import prepare_video
+    from rlmaml.rl.evaluation.video import prepare_video
 
     monkeypatch.setitem(sys.modules, "moviepy", None)  # import moviepy -> ImportError
     with pytest.raises(ConfigError, match=r"needs moviepy: pip install 'rlmaml\[video\]'"):
@@ -216,7 +216,7 @@ def test_video_of_a_non_mujoco_env_is_a_clear_error(nav_run, capsys) -> None:
 
 def test_video_with_an_unusable_gl_backend_says_what_to_install(monkeypatch) -> None:
     pytest.importorskip("moviepy")
-    from rlmaml.rl import video
+    from rlmaml.rl.evaluation import video
 
     monkeypatch.setattr(video, "_renders_rgb", lambda env_id: True)
     monkeypatch.setattr(video, "_chosen", {})
@@ -230,7 +230,7 @@ def renderable() -> None:
     """Skip unless MuJoCo renders a frame here (moviepy installed and EGL or OSMesa working)."""
     pytest.importorskip("moviepy")
     pytest.importorskip("mujoco")
-    from rlmaml.rl.video import prepare_video
+    from rlmaml.rl.evaluation.video import prepare_video
 
     try:
         prepare_video(build_config("halfcheetah-vel"))

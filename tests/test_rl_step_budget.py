@@ -1,4 +1,4 @@
-"""rllab's step-budget batches (rlmaml.rl.step_budget): the selection against a literal simulation of rllab's
+"""rllab's step-budget batches (rlmaml.rl.sampling.rollout): the selection against a literal simulation of rllab's
 VectorizedSampler loop, the rollout on a real nav2d env, and ``rlmaml eval eval.batch=steps``."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 
 from rlmaml.cli import main
 from rlmaml.config import ConfigError, build_config
-from rlmaml.rl.step_budget import budget_selection, rollout_step_budget
-from rlmaml.rl.worker import RolloutWorker, TaskRequest, WorkerSpec, rollout
+from rlmaml.rl.sampling.rollout import budget_selection, rollout, rollout_step_budget
+from rlmaml.rl.sampling.worker import RolloutWorker, TaskRequest, WorkerSpec
 
 
 def rllab_loop(episode_lengths: list[list[int]], budget: int) -> set[tuple[int, int]]:
@@ -157,7 +157,7 @@ def test_training_on_rllab_batches_runs_end_to_end(tmp_path) -> None:
 
 
 def test_the_learner_steps_a_meta_batch_whose_tasks_have_different_episode_counts() -> None:
-    from rlmaml.rl.learner import MetaLearner
+    from rlmaml.rl.learning.learner import MetaLearner
 
     cfg = build_config("nav2d", ["rl.hidden=[16]", "rl.horizon=10", "rl.trajectories=4", "optim.meta_batch=2",
                                  "rl.batch=steps", "rl.init_std=0.001"])

@@ -89,9 +89,9 @@ def test_user_env_defined_outside_rlmaml_trains(tmp_path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_learner_meta_step_on_cuda_matches_cpu(tmp_path) -> None:
-    from rlmaml.rl.learner import MetaLearner
-    from rlmaml.rl.trainer import make_task_distribution, task_requests
-    from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+    from rlmaml.rl.build import make_task_distribution, task_requests
+    from rlmaml.rl.learning.learner import MetaLearner
+    from rlmaml.rl.sampling.worker import RolloutWorker, WorkerSpec
 
     cfg = build_config("nav2d", ["optim.meta_batch=4", "rl.trajectories=8", "rl.horizon=30"])
     worker = RolloutWorker(WorkerSpec.from_config(cfg))
@@ -111,8 +111,8 @@ def test_learner_meta_step_on_cuda_matches_cpu(tmp_path) -> None:
 @pytest.mark.parametrize("normalize", [True, False])
 def test_worker_rescales_policy_actions_onto_the_env_bounds(normalize: bool) -> None:
     """nav2d's Box is [-0.1, 0.1]: with normalize_actions the env moves by 0.1 x the policy's action (clipped)."""
-    from rlmaml.rl.trainer import make_task_distribution, task_requests
-    from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+    from rlmaml.rl.build import make_task_distribution, task_requests
+    from rlmaml.rl.sampling.worker import RolloutWorker, WorkerSpec
 
     cfg = build_config("nav2d", ["optim.meta_batch=1", "rl.trajectories=3", "rl.horizon=5",
                                  f"rl.normalize_actions={normalize}"])
@@ -130,8 +130,8 @@ def test_worker_rescales_policy_actions_onto_the_env_bounds(normalize: bool) -> 
 def test_sample_tasks_gives_each_task_the_data_sample_task_gives_it(user_env: bool) -> None:
     """The local sampler's batched call (one forward per step for every task, φ under vmap) returns, task by
     task, what one call per task returns: seeds and noise are per task, early-finishing tasks stop stepping."""
-    from rlmaml.rl.trainer import make_task_distribution, task_requests
-    from rlmaml.rl.worker import RolloutWorker, WorkerSpec
+    from rlmaml.rl.build import make_task_distribution, task_requests
+    from rlmaml.rl.sampling.worker import RolloutWorker, WorkerSpec
 
     overrides = ["optim.meta_batch=4", "rl.trajectories=3", "rl.horizon=30", "maml.inner_steps=2"]
     if user_env:  # the user's own env (PointLineEnv above), through the generic serial batched env

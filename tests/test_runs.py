@@ -13,18 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import rlmaml.runs as runs
+import rlmaml.checkpoints as checkpoints
+from rlmaml.checkpoints import CHECKPOINT_FORMAT, atomic_write_bytes, load_checkpoint_file, sha256_bytes
 from rlmaml.cli import main
 from rlmaml.config import build_config
-from rlmaml.runs import (
-    CHECKPOINT_FORMAT,
-    CheckpointError,
-    RunDir,
-    RunError,
-    atomic_write_bytes,
-    load_checkpoint_file,
-    sha256_bytes,
-)
+from rlmaml.errors import CheckpointError, RunError
+from rlmaml.runs import RunDir
 
 
 @pytest.fixture
@@ -284,7 +278,7 @@ def _enospc(*args, **kwargs):
 def test_a_full_disk_at_fsync_raises_checkpoint_error_and_keeps_the_previous_checkpoint(run, monkeypatch) -> None:
     run.save_checkpoint(_state(1), 1)
     before = sorted(p.name for p in run.checkpoint_dir.iterdir())
-    monkeypatch.setattr(runs.os, "fsync", _enospc)
+    monkeypatch.setattr(checkpoints.os, "fsync", _enospc)
     with pytest.raises(CheckpointError, match="No space left on device") as info:
         run.save_checkpoint(_state(2), 2)
     assert "\n" not in str(info.value)
@@ -316,7 +310,7 @@ def test_a_full_disk_while_writing_raises_checkpoint_error_and_leaves_no_temp_fi
         fh = real_open(path, mode, *args, **kwargs)
         return _FullFile(fh) if "w" in mode else fh
 
-    monkeypatch.setattr(runs, "open", full_open, raising=False)
+    monkeypatch.setattr(checkpoints, "open", full_open, raising=False)
     with pytest.raises(CheckpointError, match="previous checkpoint is intact"):
         run.save_checkpoint(_state(2), 2)
     monkeypatch.undo()
@@ -338,7 +332,7 @@ def test_a_full_disk_at_the_manifest_keeps_the_previous_checkpoint_as_latest(run
             _enospc()
         real_fsync(fd)
 
-    monkeypatch.setattr(runs.os, "fsync", fsync_fails_second_file)
+    monkeypatch.setattr(checkpoints.os, "fsync", fsync_fails_second_file)
     with pytest.raises(CheckpointError):
         run.save_checkpoint(_state(2), 2)
     monkeypatch.undo()
@@ -360,7 +354,7 @@ def test_a_failed_save_leaves_the_checkpoint_folder_as_it_was(run, monkeypatch) 
             _enospc()
         real_fsync(fd)
 
-    monkeypatch.setattr(runs.os, "fsync", fsync_fails_at_the_manifest)
+    monkeypatch.setattr(checkpoints.os, "fsync", fsync_fails_at_the_manifest)
     with pytest.raises(CheckpointError):
         run.save_checkpoint(_state(2), 2)
     monkeypatch.undo()
@@ -370,7 +364,7 @@ def test_a_failed_save_leaves_the_checkpoint_folder_as_it_was(run, monkeypatch) 
 def test_atomic_write_keeps_the_old_content_when_the_write_fails(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "file.bin"
     atomic_write_bytes(target, b"old")
-    monkeypatch.setattr(runs.os, "fsync", _enospc)
+    monkeypatch.setattr(checkpoints.os, "fsync", _enospc)
     with pytest.raises(OSError):
         atomic_write_bytes(target, b"new content")
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Specifications of rlmaml.rl.trpo: exact HVPs (also through an inner torch.func.grad), CG, the step."""
+"""Specifications of rlmaml.rl.learning.trpo: exact HVPs (also through an inner torch.func.grad), CG, the step."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from rlmaml.meta import Params, adapt, params_of
 from rlmaml.rl.episodes import Episodes
+from rlmaml.rl.learning.trpo import TrpoConfig, conjugate_gradient, hessian_vector_product, trpo_step
 from rlmaml.rl.objectives import (
     detached_distribution,
     log_probs,
@@ -18,7 +19,6 @@ from rlmaml.rl.objectives import (
     with_advantages,
 )
 from rlmaml.rl.policies import GaussianMLPPolicy, flat_params, set_flat_params
-from rlmaml.rl.trpo import TrpoConfig, conjugate_gradient, hessian_vector_product, trpo_step
 
 DOUBLE = torch.float64
 
@@ -280,7 +280,7 @@ def test_line_search_kl_extrapolation_skips_candidates_but_not_the_step(extrapol
 
 
 def test_line_search_kl_extrapolation_backtracks_one_step_on_a_non_finite_kl() -> None:
-    from rlmaml.rl.trpo import _backtracks
+    from rlmaml.rl.learning.trpo import _backtracks
 
     cfg = TrpoConfig(max_kl=0.01, ls_ratio=0.8, ls_kl_extrapolate=True)
     assert _backtracks(math.nan, cfg) == 1

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 from torch.func import functional_call
 
+from rlmaml.config import ConfigError
 from rlmaml.meta import Params
 from rlmaml.networks import mlp
 
@@ -84,6 +85,31 @@ class CategoricalMLPPolicy(nn.Module):
     def distribution(stats: Sequence[Tensor]) -> Distribution:
         """The action distribution of a ``stats_only`` output ``(logits,)``."""
         return Categorical(logits=stats[0], validate_args=False)
+
+
+SUPPORTED_SPACES = "a flat Box observation, and a Box or Discrete action"
+
+
+def check_spaces(observation_space: spaces.Space, action_space: spaces.Space, env_id: str = "the env",
+                 normalize_actions: bool = True) -> None:
+    """Refuse, in one line naming the space, what the MLP policies cannot take; say what is done with an
+    unbounded action Box (its actions go to the env unscaled: no [-1, 1] rescaling is possible)."""
+    import sys
+
+    if not isinstance(observation_space, spaces.Box):
+        raise ConfigError(f"{env_id}: observation space {observation_space} is not supported; rlmaml's policies take "
+                          f"{SUPPORTED_SPACES} (flatten a Dict or Tuple with gymnasium.wrappers.FlattenObservation)")
+    if len(observation_space.shape) >= 3 or (len(observation_space.shape) == 2 and observation_space.dtype == np.uint8):
+        raise ConfigError(f"{env_id}: image observations {observation_space} are not supported by the MLP policy; "
+                          f"rlmaml's policies take {SUPPORTED_SPACES} (give the env a feature vector observation)")
+    if isinstance(action_space, spaces.Box):
+        if normalize_actions and not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+            print(f"rlmaml: {env_id}: the action space {action_space} is unbounded in some dimensions; those actions "
+                  "go to the env as the Gaussian policy draws them (no [-1, 1] rescaling)", file=sys.stderr)
+        return
+    if not isinstance(action_space, spaces.Discrete):
+        raise ConfigError(f"{env_id}: action space {action_space} is not supported; rlmaml's policies take "
+                          f"{SUPPORTED_SPACES}")
 
 
 def make_policy(

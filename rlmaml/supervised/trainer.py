@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from rlmaml.config import Config
 from rlmaml.devices import resolve_device
+from rlmaml.loop import Outcome, StopRequest, run_loop
 from rlmaml.meta import (
     InnerLR,
     Params,
@@ -25,7 +26,7 @@ from rlmaml.meta import (
     meta_objective,
     multi_step_weights,
 )
-from rlmaml.runs import Deadline, Progress, RunDir, TrainingStopped
+from rlmaml.runs import RunDir
 from rlmaml.seeding import iteration_rng
 from rlmaml.supervised.domain import SupervisedDomain
 
@@ -134,6 +135,25 @@ def meta_step(cfg: Config, domain: SupervisedDomain, state: MetaState, device: t
     return record
 
 
+class SupervisedTrainer:
+    """Algorithm 2's iterations on one domain, for :func:`rlmaml.loop.run_loop`."""
+
+    def __init__(self, cfg: Config, domain: SupervisedDomain, state: MetaState, device: torch.device,
+                 batching: str) -> None:
+        self.cfg, self.domain, self.meta, self.device, self.batching = cfg, domain, state, device, batching
+
+    def iterate(self, it: int, stop: StopRequest) -> Outcome:
+        start = time.perf_counter()
+        record = meta_step(self.cfg, self.domain, self.meta, self.device, self.batching)
+        self.meta.iteration = it + 1
+        skipped = bool(record.get("skipped"))
+        return Outcome({**record, "time_s": time.perf_counter() - start}, not skipped,
+                       str(record.get("skip_reason", "")), {"meta_loss": record["meta_loss"]})
+
+    def state(self, next_iteration: int, best: float, failures: int) -> dict[str, Any]:
+        return self.meta.to_checkpoint(self.cfg)
+
+
 def train_supervised(cfg: Config, domain: SupervisedDomain, run: RunDir,
                      checkpoint: dict[str, Any] | None = None) -> MetaState:
     """Meta-train ``domain`` for ``cfg.run.iterations`` iterations, logging and checkpointing into ``run``."""
@@ -144,30 +164,5 @@ def train_supervised(cfg: Config, domain: SupervisedDomain, run: RunDir,
         run.truncate_metrics(state.iteration - 1)
     if cfg.run.tensorboard:
         run.enable_tensorboard()
-    progress = Progress(cfg.run.iterations, state.iteration, cfg.run.log_every, desc=cfg.run.name or domain.name)
-    failures = 0
-    deadline = Deadline(cfg.run.time_limit_min)
-    try:
-        while state.iteration < cfg.run.iterations:
-            it = state.iteration
-            start = time.perf_counter()
-            record = meta_step(cfg, domain, state, device, batching)
-            record = {"iteration": it, **record, "time_s": time.perf_counter() - start}
-            run.log(record)
-            failures = failures + 1 if record.get("skipped") else 0
-            if failures >= cfg.run.max_consecutive_failures:
-                raise TrainingStopped(
-                    f"{failures} consecutive updates skipped at iteration {it} ({record.get('skip_reason')}); "
-                    f"the last good checkpoint in {run.checkpoint_dir} is kept")
-            state.iteration = it + 1
-            progress.update(it, {"meta_loss": record["meta_loss"]})
-            out_of_time = deadline.expired()
-            if state.iteration % cfg.run.checkpoint_every == 0 or state.iteration == cfg.run.iterations or out_of_time:
-                run.save_checkpoint(state.to_checkpoint(cfg), it, cfg.run.keep_checkpoints)
-            if out_of_time:
-                deadline.report(state.iteration)
-                break
-    finally:
-        progress.close()
-        run.close()
+    run_loop(cfg, run, SupervisedTrainer(cfg, domain, state, device, batching), state.iteration, desc=domain.name)
     return state

@@ -7,7 +7,7 @@ each number of steps is reported with a 95% CI over goals (:func:`rlmaml.stats.m
 mean returns). The pretrained, random-initialisation and oracle baselines go through this same function.
 
 ``eval.batch=steps`` samples each batch as the paper's test scripts did (rllab's ``batch_size`` is K·H steps:
-K auto-reset envs run until the episodes they complete hold K·H steps; :mod:`rlmaml.rl.step_budget`). Where
+K auto-reset envs run until the episodes they complete hold K·H steps; :mod:`rlmaml.rl.sampling.rollout`). Where
 episodes end early, as in 2D navigation, such a batch holds more, and shorter, episodes than K, and its mean
 return is higher than the mean over K episodes (the default, ``eval.batch=trajectories``).
 
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from rlmaml.config import Config, ConfigError
-from rlmaml.rl.trainer import check_rl_config, make_sampler, make_task_distribution
-from rlmaml.rl.worker import TaskRequest, WorkerSpec
+from rlmaml.rl.build import check_rl_config, make_sampler, make_task_distribution, worker_spec
+from rlmaml.rl.sampling.worker import TaskRequest
 from rlmaml.runs import RunDir
 from rlmaml.stats import mean_ci95
 
@@ -181,7 +181,7 @@ def evaluate_rl_run(cfg: Config, run: RunDir, state: dict[str, Any], video: bool
     distribution = make_task_distribution(cfg)
     tasks = eval_tasks(cfg, distribution)
     if video:
-        from rlmaml.rl.video import prepare_video
+        from rlmaml.rl.evaluation.video import prepare_video
 
         prepare_video(cfg)  # fails fast, before any sampling, when no backend can render
     k = eval_trajectories(cfg)
@@ -190,7 +190,7 @@ def evaluate_rl_run(cfg: Config, run: RunDir, state: dict[str, Any], video: bool
     kind = method_kind({"experiment": cfg.experiment, "rl": {"env": cfg.rl.env},
                         "maml": {"inner_steps": cfg.maml.inner_steps}}, name)
     init = getattr(cfg.eval, "init", "checkpoint")
-    spec = dataclasses.replace(WorkerSpec.from_config(cfg), trajectories=k, seed=cfg.eval.seed)
+    spec = dataclasses.replace(worker_spec(cfg), trajectories=k, seed=cfg.eval.seed)
     sampler = make_sampler(cfg, spec)
     returns = np.full((len(tasks), len(lrs) + 1), np.nan)
     nav_steps = nav_figure_steps(len(lrs))
@@ -200,13 +200,12 @@ def evaluate_rl_run(cfg: Config, run: RunDir, state: dict[str, Any], video: bool
     try:
         params = initial_params(cfg, *sampler.spaces()) if init == "random" else state["learner"]["params"]
         weights = {key: v.detach().cpu().numpy().copy() for key, v in params.items()}
-        version = int(state.get("learner", {}).get("version", 0))
         budget = cfg.eval.batch == "steps"
         requests = [TaskRequest(0, i, task, lrs, k, EVAL_STREAM, step_budget=budget) for i, task in enumerate(tasks)]
         what = f"{k} x {cfg.rl.horizon} steps of episodes (rllab's batches)" if budget else f"{k} trajectories"
         print(f"rlmaml: evaluating {name} on {len(tasks)} goals x {len(lrs) + 1} batches of {what}",
               file=sys.stderr, flush=True)
-        for result in sampler.sample(weights, version, requests):
+        for result in sampler.sample(weights, requests):
             i = int(result["task_index"])
             if not result.get("valid", True):
                 raise RuntimeError(f"evaluation of goal {i} failed: {result.get('reason')}")
@@ -231,7 +230,7 @@ def evaluate_rl_run(cfg: Config, run: RunDir, state: dict[str, Any], video: bool
                                     title=f"{name}: trajectories before and after adaptation")
         figures.append(out.name)
     if video:
-        from rlmaml.rl.video import record_adaptation_videos
+        from rlmaml.rl.evaluation.video import record_adaptation_videos
 
         videos = [str(p.relative_to(run.path)) for p in
                   record_adaptation_videos(cfg, weights, first_episodes, lrs, tasks[0], run.path / "videos")]

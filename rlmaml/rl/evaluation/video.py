@@ -120,17 +120,12 @@ def prepare_video(cfg: Config) -> str:
 def adapted_params(cfg: Config, policy: torch.nn.Module, weights: dict[str, np.ndarray],
                    episodes: Sequence[dict[str, np.ndarray]], lrs: Sequence[float]) -> list[dict[str, torch.Tensor]]:
     """[θ, φ₁, ..., φ_N]: the worker's test-time steps recomputed from its episode batches (first order)."""
-    from rlmaml.meta import adapt
-    from rlmaml.rl.episodes import Episodes
-    from rlmaml.rl.objectives import inner_loss, with_advantages
+    from rlmaml.rl.adaptation import adaptation_path
+    from rlmaml.rl.objectives import inner_loss
     from rlmaml.rl.policies import params_from_numpy
 
     loss = inner_loss(policy, cfg.rl.inner_loss)  # type: ignore[arg-type]
-    path = [params_from_numpy(weights)]
-    for batch, lr in zip(episodes, lrs, strict=False):
-        data = with_advantages(Episodes.from_numpy(batch), cfg.rl.gamma, cfg.rl.gae_lambda)
-        path.append({k: v.detach() for k, v in adapt(loss, path[-1], data, steps=1, lr=lr, first_order=True).items()})
-    return path
+    return adaptation_path(loss, params_from_numpy(weights), episodes, lrs, cfg.rl.gamma, cfg.rl.gae_lambda)
 
 
 def record_episode(cfg: Config, policy: torch.nn.Module, params: dict[str, torch.Tensor], task: dict[str, Any],

@@ -6,7 +6,7 @@ conjugate gradient on exact Hessian-vector products of the mean KL between the o
 policies, a step scaled to ``max_kl``, and a backtracking line search on surrogate and KL. Any non-finite
 number skips the update and keeps θ: a worker result marked invalid (a non-finite observation, reward, policy
 output or inner gradient on the worker), a non-finite episode batch or adapted φ here (the reason names the
-task and iteration), or a non-finite surrogate, gradient or CG result (:func:`rlmaml.rl.trpo.trpo_step`).
+task and iteration), or a non-finite surrogate, gradient or CG result (:func:`rlmaml.rl.learning.trpo.trpo_step`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import torch
 
 from rlmaml.config import Config
 from rlmaml.meta import Params, all_finite
+from rlmaml.rl.adaptation import advantaged
 from rlmaml.rl.episodes import Episodes
-from rlmaml.rl.maml_objective import MamlRlObjective, MetaBatch, candidate_terms, compiled, natural_direction
-from rlmaml.rl.objectives import inner_loss, with_advantages
+from rlmaml.rl.learning.maml_objective import MamlRlObjective, MetaBatch, candidate_terms, compiled, natural_direction
+from rlmaml.rl.learning.trpo import TrpoConfig, trpo_step
+from rlmaml.rl.objectives import inner_loss
 from rlmaml.rl.policies import make_policy, params_to_numpy
-from rlmaml.rl.trpo import TrpoConfig, trpo_step
 from rlmaml.seeding import seeded_init
 
 
@@ -38,6 +39,8 @@ class TaskData:
 
     task_index: int
     batches: list[Episodes]
+    lrs: tuple[float, ...] = ()
+    """The inner step sizes the worker adapted with (φ is recomputed with exactly these)."""
 
     @property
     def val(self) -> Episodes:
@@ -55,9 +58,7 @@ class MetaLearner:
             observation_space, action_space, tuple(r.hidden), r.init_std, r.min_std)).to(device)
         self.params: Params = {k: v.detach().clone().requires_grad_(True) for k, v in self.policy.named_parameters()}
         self.inner_loss = inner_loss(self.policy, r.inner_loss)  # type: ignore[arg-type]
-        self.trpo = TrpoConfig(max_kl=r.max_kl, cg_iters=r.cg_iters, cg_damping=r.cg_damping,
-                               ls_steps=r.ls_steps, ls_ratio=r.ls_ratio,
-                               ls_kl_extrapolate=r.ls_kl_extrapolate)
+        self.trpo = TrpoConfig.from_rl(r)
         self.direction = compiled(self.policy, natural_direction) if r.compile else None
         """The compiled TRPO direction (``rl.compile``); None runs it eagerly, step by step."""
         self.candidate = compiled(self.policy, candidate_terms) if r.compile else candidate_terms
@@ -104,15 +105,19 @@ class MetaLearner:
         if not result.get("valid", True):
             self.invalid[index] = str(result.get("reason") or f"task {index} (iteration {self.iteration}) is invalid")
             return
-        batches = [with_advantages(Episodes.from_numpy(b, self.device), r.gamma, r.gae_lambda)
-                   for b in result["episodes"]]
+        batches = [advantaged(b, r.gamma, r.gae_lambda, self.device) for b in result["episodes"]]
         for b in batches:
             if not all_finite([b.observations, b.rewards, b.advantages]):
                 self.invalid[index] = (f"non-finite observation, reward or advantage in task {index} "
                                        f"(iteration {self.iteration})")
                 return
-        self.tasks[index] = TaskData(index, batches)
+        lrs = tuple(float(x) for x in result.get("lrs", (self.cfg.maml.inner_lr,) * (len(batches) - 1)))
+        self.tasks[index] = TaskData(index, batches, lrs)
         self.prepare_time_s += time.perf_counter() - start
+
+    def discard_tasks(self) -> None:
+        """Forget the tasks added since the last step (an iteration abandoned on a stop request)."""
+        self.tasks, self.invalid, self.prepare_time_s = {}, {}, 0.0
 
     # ---- the outer step -----------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
@@ -131,9 +136,7 @@ class MetaLearner:
         metrics["learner_time_s"] = time.perf_counter() - start + self.prepare_time_s
         metrics["return_pre"] = _mean([t.batches[0].total_return().mean().item() for t in tasks])
         metrics["return_post"] = _mean([t.val.total_return().mean().item() for t in tasks])
-        self.tasks = {}
-        self.invalid = {}
-        self.prepare_time_s = 0.0
+        self.discard_tasks()
         if metrics.get("accepted"):
             self.version += 1
         return metrics
@@ -150,11 +153,14 @@ class MetaLearner:
 
     def _objective(self, tasks: list[TaskData]) -> MamlRlObjective:
         batch = MetaBatch.from_tasks([t.batches for t in tasks])
-        return MamlRlObjective(self.policy, self.inner_loss, self.cfg.maml.inner_lr, self.cfg.maml.first_order, batch)
+        lrs = {t.lrs for t in tasks}
+        if len(lrs) != 1:
+            raise ValueError(f"the tasks of one meta-batch were adapted with different inner step sizes: {sorted(lrs)}")
+        return MamlRlObjective(self.policy, self.inner_loss, lrs.pop(), self.cfg.maml.first_order, batch)
 
     def _trpo(self, tasks: list[TaskData]) -> dict[str, Any]:
         obj = self._objective(tasks)
-        curvature_tasks = max(1, round(self.cfg.rl.cg_task_fraction * len(tasks)))
+        curvature_tasks = curvature_task_count(self.cfg.rl.cg_task_fraction, len(tasks))
         hvp, solution = None, None
         if self.direction is not None:
             phis_old, old_logp, gradient, x, r = self._compiled(
@@ -236,6 +242,17 @@ class MetaLearner:
         return {"accepted": accepted, "reason": reason, "surrogate_before": losses[0] if losses else math.nan,
                 "surrogate_after": losses[-1] if losses else math.nan, "kl": float(kl), "grad_norm": math.nan,
                 "ls_steps": 0}
+
+
+MIN_CURVATURE_TASKS = 5
+"""The fewest tasks whose curvature CG uses (or all, if fewer): one or two tasks' KL curvature underestimates the
+meta-batch's badly, so TRPO's full step overshoots and the line search can run out (seen at meta-batches of 3)."""
+
+
+def curvature_task_count(fraction: float, tasks: int) -> int:
+    """How many tasks' exact KL curvature CG uses: ``rl.cg_task_fraction`` of them, at least
+    :data:`MIN_CURVATURE_TASKS` (nav2d's 20 tasks give 5, HalfCheetah's 40 give 10)."""
+    return min(tasks, max(MIN_CURVATURE_TASKS, round(fraction * tasks)))
 
 
 def _skipped(reason: str) -> dict[str, Any]:

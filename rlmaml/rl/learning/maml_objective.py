@@ -25,11 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
-from rlmaml.meta import LossFn, Params, adapt
+from rlmaml.meta import LossFn, Params
+from rlmaml.rl.adaptation import policy_step
 from rlmaml.rl.episodes import Episodes
+from rlmaml.rl.learning.trpo import conjugate_gradient
 from rlmaml.rl.objectives import log_probs, mean_kl, policy_kl, ppo_clip_loss, surrogate_loss
 from rlmaml.rl.policies import flat_params, policy_distribution, set_flat_params
-from rlmaml.rl.trpo import conjugate_gradient
 
 FIELDS = ("observations", "actions", "rewards", "mask", "advantages")
 Stacked = dict[str, Tensor]
@@ -79,17 +80,22 @@ class MetaBatch:
 class MamlRlObjective:
     """φ(θ) for every task, the TRPO surrogate, the KL, and the exact curvature, on one meta-batch."""
 
-    def __init__(self, policy: nn.Module, inner_loss: LossFn, lr: float, first_order: bool, batch: MetaBatch):
+    def __init__(self, policy: nn.Module, inner_loss: LossFn, lr: float | Sequence[float], first_order: bool,
+                 batch: MetaBatch):
+        """``lr`` is the inner step size, or one per inner step (the ``lrs`` the workers adapted with)."""
         self.policy = policy
         self.inner_loss = inner_loss
         self.lr = lr
+        self.lrs = tuple(lr) if isinstance(lr, Sequence) else (lr,) * len(batch.train)
+        if len(self.lrs) != len(batch.train):
+            raise ValueError(f"{len(self.lrs)} inner step sizes for {len(batch.train)} inner steps")
         self.first_order = first_order
         self.batch = batch
 
     # ---- per task ------------------------------------------------------------------------------------
     def _adapt_one(self, params: Params, train: list[Stacked]) -> Params:
-        for d in train:
-            params = adapt(self.inner_loss, params, episodes_of(d), steps=1, lr=self.lr, first_order=self.first_order)
+        for d, lr in zip(train, self.lrs, strict=True):
+            params = policy_step(self.inner_loss, params, episodes_of(d), lr, first_order=self.first_order)
         return params
 
     def _surrogate_one(self, phi: Params, val: Stacked, old_logp: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 * ``run.device=cpu``: in the driver, on the CPU.
 * The driver sees CUDA (``torch.cuda.is_available()``): in the driver, on ``cuda``.
 * Otherwise, with Ray up and a GPU in the cluster (now, or one the autoscaler can start): in a Ray actor
-  with ``num_gpus=1`` that wraps the unchanged :class:`~rlmaml.rl.learner.MetaLearner`, behind
+  with ``num_gpus=1`` that wraps the unchanged :class:`~rlmaml.rl.learning.learner.MetaLearner`, behind
   :class:`RemoteLearner`, a driver-side proxy with the same methods.
 * Otherwise in the driver on the CPU (``run.device=cuda`` then is a configuration error).
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from rlmaml.config import Config, ConfigError
-from rlmaml.rl.learner import MetaLearner
+from rlmaml.rl.learning.learner import MetaLearner
 from rlmaml.rl.ray_runtime import autoscaler_max_resources, cluster_resources, ray_is_initialized
 
 
@@ -132,6 +132,12 @@ class RemoteLearner:
 
     def add_task(self, result: dict[str, Any]) -> None:
         self._pending.append(self._actor.add_task.remote(result))
+
+    def discard_tasks(self) -> None:
+        import ray
+
+        self._flush()
+        ray.get(self._actor.discard_tasks.remote())
 
     def step(self) -> dict[str, Any]:
         import ray

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,6 +32,11 @@ class TrpoConfig:
     """Skip the candidates whose KL, extrapolated quadratically from a candidate rejected for its KL, is over
     ``max_kl`` (less one, and never past the last candidate): the same step when the KL is quadratic in the step
     length, in fewer evaluations; possibly a shorter one when the KL grows faster than that."""
+
+    @classmethod
+    def from_rl(cls, rl: Any) -> TrpoConfig:
+        """The TRPO settings of an ``RLConfig`` (its keys of the same names: ``rl.max_kl``, ``rl.cg_iters``, ...)."""
+        return cls(**{f.name: getattr(rl, f.name) for f in fields(cls)})
 
     def __post_init__(self) -> None:
         for name in ("max_kl", "cg_damping"):

@@ -12,7 +12,8 @@ Faults, all counted in :meth:`RaySampler.fault_counts`:
 * **An actor dies** (its process is killed, its node goes away; ``RayActorError``/``ActorDiedError``,
   ``WorkerCrashedError``, ``ObjectLostError``, ...): its in-flight tasks go to healthy actors; Ray restarts
   the actor (``max_restarts``) and the sampler uses it again once a ``ping`` answers. An actor that does
-  not come back within ``probe_timeout_s`` is replaced by a new one.
+  not come back within ``probe_timeout_s`` is replaced by a new one. (The actors' health is
+  :class:`rlmaml.rl.sampling.actor_pool.ActorPool`; this module schedules the work.)
 * **A call exceeds ``task_timeout_s`` per task in it**: running actor calls cannot be interrupted
   (``ray.cancel`` only flags them), so the actor is killed (and restarted by Ray) and its tasks resubmitted.
 * The tasks of a failed call of several are resubmitted one per call, without counting it against them, so
@@ -29,65 +30,22 @@ dropped, and every request is yielded exactly once.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rlmaml.rl.ray_runtime import default_num_workers, driver_node_cpus, init_ray, shutdown_ray, started_here
-from rlmaml.rl.worker import RolloutWorker, TaskRequest, WorkerSpec, task_seeds
-
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-"""Rollout actors act with one tiny forward per step: one BLAS/OpenMP thread each (and ``num_threads=1``)."""
+from rlmaml.rl.sampling.actor_pool import ActorPool, ActorSlot, first_line
+from rlmaml.rl.sampling.rollout import task_seeds
+from rlmaml.rl.sampling.worker import TaskRequest, WorkerSpec
 
 
 class TaskFailedError(RuntimeError):
     """A rollout task failed for good: an error raised in the env/policy, or too many infrastructure faults."""
-
-
-class RayRolloutWorker(RolloutWorker):
-    """``RolloutWorker`` unchanged, plus ``ping`` so the sampler can tell that a (re)started actor is up, and a
-    warm-up at construction."""
-
-    def __init__(self, spec: WorkerSpec, num_threads: int | None = None) -> None:
-        super().__init__(spec, num_threads)
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """Run the inner adaptation once on a dummy batch. Its first call imports parts of torch lazily (1-2 s),
-        which would otherwise land on the first task and count against its timeout. Changes no state that
-        sampling uses, so results stay a function of (seed, iteration, task index) only."""
-        import torch
-
-        from rlmaml.meta import adapt
-        from rlmaml.rl.episodes import Episodes
-        from rlmaml.rl.objectives import with_advantages
-        from rlmaml.rl.worker import torch_threads
-
-        try:
-            t, k = 3, 2
-            obs_dim = int(np.prod(self.observation_space.shape))
-            act_shape = tuple(self.action_space.shape or ())
-            batch = {"observations": np.zeros((t, k, obs_dim), np.float32),
-                     "actions": np.zeros((t, k, *act_shape), np.float32),
-                     "rewards": np.ones((t, k), np.float32), "mask": np.ones((t, k), np.float32)}
-            params = {n: p.detach() for n, p in self.policy.named_parameters()}
-            with torch_threads(1), torch.random.fork_rng(devices=[]):
-                episodes = with_advantages(Episodes.from_numpy(batch), self.spec.gamma, self.spec.gae_lambda)
-                adapt(self.inner_loss, params, episodes, steps=1, lr=0.0, first_order=True)
-        except Exception:  # only a speed-up: never a reason for the actor not to start
-            pass
-
-    def ping(self) -> tuple[int, str]:
-        """(process id, Ray node id) of this actor."""
-        import ray
-
-        return os.getpid(), ray.get_runtime_context().get_node_id()
 
 
 @dataclass(eq=False)
@@ -109,28 +67,11 @@ class _Call:
     ref: Any
     positions: list[int]
     batch: _Batch
-    slot: _Slot
+    slot: ActorSlot
     submitted: float
     started: float | None = None
     """When the actor (probably) began this call: at submission if its queue was empty, else when the call
     ahead of it finished. Actor calls run in submission order."""
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One rollout actor and what the sampler knows of it."""
-
-    index: int
-    actor: Any
-    state: str = "probing"
-    """'ready' (takes work) or 'probing' (starting, restarting or being replaced)."""
-    queue: list[_Call] = field(default_factory=list)
-    probe: Any = None
-    next_probe_at: float = 0.0
-    probing_since: float = 0.0
-    pid: int = -1
-    node_id: str = ""
-    deaths: int = 0
 
 
 class RaySampler:
@@ -155,23 +96,22 @@ class RaySampler:
         self.max_task_retries = int(max_task_retries)
         self.tasks_per_call = max(int(tasks_per_call), 0)
         self.pipeline_depth = max(int(pipeline_depth), 1)
-        self.probe_timeout_s = float(probe_timeout_s)
-        self._actor_cls = ray.remote(RayRolloutWorker).options(
-            num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
-            runtime_env={"env_vars": dict(THREAD_ENV)}, scheduling_strategy=scheduling_strategy)
         self._faults = {"actor_deaths": 0, "timeouts": 0, "retries": 0}
         self._stats = {"put_s": 0.0, "submit_s": 0.0, "get_s": 0.0, "wait_s": 0.0, "calls": 0, "results": 0,
-                       "duplicates": 0, "replacements": 0}
+                       "duplicates": 0}
         self._calls: dict[Any, _Call] = {}
-        self._probes: dict[Any, _Slot] = {}
         self._batch: _Batch | None = None
         self._spaces: tuple[Any, Any] | None = None
         self._rr = 0
         self._closed = False
-        now = time.monotonic()
-        self._slots = [_Slot(i, self._new_actor(), probing_since=now) for i in range(self.num_workers)]
-        self._last_progress = now
-        self._startup(max(self.task_timeout_s, 120.0) if startup_timeout_s is None else startup_timeout_s)
+        self.pool = ActorPool(spec, self.num_workers, max_restarts=max_restarts, probe_timeout_s=probe_timeout_s,
+                              scheduling_strategy=scheduling_strategy)
+        self._last_progress = time.monotonic()
+        try:
+            self.pool.startup(max(self.task_timeout_s, 120.0) if startup_timeout_s is None else startup_timeout_s)
+        except RuntimeError:
+            self.close()
+            raise
 
     @classmethod
     def from_config(cls, cfg: Any, spec: WorkerSpec) -> RaySampler:
@@ -180,77 +120,20 @@ class RaySampler:
         return cls(spec, r.num_workers, r.task_timeout_s, r.max_task_retries, tasks_per_call=r.tasks_per_call,
                    address=r.address, dashboard_host=r.dashboard_host)
 
-    # ---- actors ----------------------------------------------------------------------------------------
-    def _new_actor(self) -> Any:
-        return self._actor_cls.remote(self.spec, 1)
-
-    def _startup(self, timeout_s: float) -> None:
-        """Wait until every actor answers a ping (at least one within ``timeout_s``); surface constructor errors."""
-        import ray
-
-        pings = {s.actor.ping.remote(): s for s in self._slots}
-        deadline = time.monotonic() + timeout_s
-        pending = list(pings)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
-            if not ready:
-                break
-            slot = pings[ready[0]]
-            try:
-                slot.pid, slot.node_id = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:
-                self.close()
-                raise RuntimeError(f"rollout worker for {self.spec.env_id} failed to start: "
-                                   f"{_root_cause(exc)}") from exc
-            slot.state = "ready"
-        for ref in pending:  # still starting (e.g. waiting for a node): keep probing them
-            slot = pings[ref]
-            slot.probe = ref
-            self._probes[ref] = slot
-        if not any(s.state == "ready" for s in self._slots):
-            cpus = ray.cluster_resources().get("CPU", 0)
-            self.close()
-            raise RuntimeError(f"no rollout worker started within {timeout_s:.0f} s ({self.num_workers} asked for, "
-                               f"the cluster has {cpus:g} CPUs)")
-
-    def _ready_slots(self) -> list[_Slot]:
-        return [s for s in self._slots if s.state == "ready"]
-
     def worker_info(self) -> list[dict[str, Any]]:
         """Each actor's pid, node id and state (pids change when an actor restarts)."""
-        return [{"index": s.index, "pid": s.pid, "node_id": s.node_id, "state": s.state, "deaths": s.deaths}
-                for s in self._slots]
-
-    def actor_handles(self) -> list[Any]:
-        return [s.actor for s in self._slots]
+        return self.pool.info()
 
     def wait_ready(self, timeout_s: float = 120.0) -> bool:
         """Block until every actor answers a ping (e.g. after restarts); True if all did within ``timeout_s``."""
-        import ray
-
-        deadline = time.monotonic() + timeout_s
-        while not all(s.state == "ready" for s in self._slots):
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            for slot in self._slots:
-                if slot.state == "probing" and now - slot.probing_since > self.probe_timeout_s:
-                    self._replace(slot)
-            self._send_probes(now)
-            if self._probes:
-                ready, _ = ray.wait(list(self._probes), num_returns=1, timeout=min(deadline - now, 0.5))
-                for ref in ready:
-                    self._on_probe(self._probes.pop(ref), ref, time.monotonic())
-            else:
-                time.sleep(0.1)
-        return True
+        return self.pool.wait_ready(timeout_s)
 
     # ---- the Sampler protocol --------------------------------------------------------------------------
     def spaces(self) -> tuple[Any, Any]:
         import ray
 
         if self._spaces is None:
-            slot = (self._ready_slots() or self._slots)[0]
+            slot = (self.pool.ready() or self.pool.slots)[0]
             self._spaces = ray.get(slot.actor.spaces.remote())
         return self._spaces
 
@@ -259,10 +142,9 @@ class RaySampler:
 
     def stats(self) -> dict[str, float]:
         """Driver time spent in Ray calls (put, submit, get) and waiting, cumulative; for benchmarks."""
-        return dict(self._stats)
+        return self._stats | {"replacements": self.pool.replacements}
 
-    def sample(self, weights: dict[str, np.ndarray], version: int,
-               requests: Sequence[TaskRequest]) -> Iterator[dict[str, Any]]:
+    def sample(self, weights: dict[str, np.ndarray], requests: Sequence[TaskRequest]) -> Iterator[dict[str, Any]]:
         """Yield one result per request as each finishes, whatever the faults on the way.
 
         Results are tracked by the request's position in ``requests`` (its task index, in the trainer), so a
@@ -278,7 +160,6 @@ class RaySampler:
         t0 = time.perf_counter()
         weights_ref = ray.put(weights)
         self._stats["put_s"] += time.perf_counter() - t0
-        self.weights_version = version
         size = self._call_size(n)
         calls = deque(list(range(i, min(i + size, n))) for i in range(0, n, size))
         batch = _Batch(requests, weights_ref, calls, [0] * n, [False] * n, [""] * n, n)
@@ -300,12 +181,8 @@ class RaySampler:
         if self._closed:
             return
         self._closed = True
-        import ray
-
-        if ray.is_initialized():
-            for slot in self._slots:
-                _kill(slot.actor, no_restart=True)
-        self._slots, self._calls, self._probes = [], {}, {}
+        self.pool.close() if hasattr(self, "pool") else None
+        self._calls = {}
         if self._owns_ray:
             shutdown_ray()
 
@@ -313,10 +190,10 @@ class RaySampler:
     def _fill(self, batch: _Batch) -> None:
         """Hand queued calls to the least-loaded ready actors (ties: round robin)."""
         while batch.todo:
-            ready = [s for s in self._ready_slots() if len(s.queue) < self.pipeline_depth]
+            ready = [s for s in self.pool.ready() if len(s.queue) < self.pipeline_depth]
             if not ready:
                 return
-            k = len(self._slots)
+            k = len(self.pool.slots)
             slot = min(ready, key=lambda s: (len(s.queue), (s.index - self._rr) % k))
             self._rr = (slot.index + 1) % k
             self._submit(slot, batch, batch.todo.popleft())
@@ -327,7 +204,7 @@ class RaySampler:
             return self.tasks_per_call
         return max(1, -(-tasks // (2 * self.num_workers)))
 
-    def _submit(self, slot: _Slot, batch: _Batch, positions: list[int]) -> None:
+    def _submit(self, slot: ActorSlot, batch: _Batch, positions: list[int]) -> None:
         t0 = time.perf_counter()
         ref = slot.actor.sample_tasks.remote(batch.weights_ref, [batch.requests[p] for p in positions])
         self._stats["submit_s"] += time.perf_counter() - t0
@@ -365,28 +242,13 @@ class RaySampler:
             if was_head and queue:
                 queue[0].started = now
 
-    def _retire(self, slot: _Slot, reason: str, *, kill: bool) -> None:
-        """Stop using an actor until a ping answers; resubmit everything queued on it."""
-
-        if kill:
-            _kill(slot.actor, no_restart=False)  # Ray restarts it (max_restarts)
-        calls, slot.queue = slot.queue, []
+    def _retire(self, slot: ActorSlot, reason: str, *, kill: bool) -> None:
+        """Take an actor out of service (the pool probes it back) and resubmit everything queued on it."""
+        calls = self.pool.retire(slot, kill=kill)
         for call in calls:
             self._calls.pop(call.ref, None)
-        now = time.monotonic()
-        slot.state, slot.probe, slot.next_probe_at, slot.probing_since = "probing", None, now + 0.2, now
         for call in calls:
             self._requeue(call, reason)
-
-    def _replace(self, slot: _Slot) -> None:
-        """Give up on an actor that did not come back and start a fresh one in its place."""
-
-        if slot.probe is not None:
-            self._probes.pop(slot.probe, None)
-        _kill(slot.actor, no_restart=True)
-        slot.actor = self._new_actor()
-        slot.probe, slot.next_probe_at, slot.probing_since = None, time.monotonic(), time.monotonic()
-        self._stats["replacements"] += 1
 
     # ---- the event loop --------------------------------------------------------------------------------
     def _next_results(self, batch: _Batch) -> list[dict[str, Any]]:
@@ -394,8 +256,8 @@ class RaySampler:
         import ray
 
         now = time.monotonic()
-        self._send_probes(now)
-        refs = list(self._calls) + list(self._probes)
+        self.pool.send_probes(now)
+        refs = list(self._calls) + self.pool.probe_refs()
         timeout = self._time_to_next_deadline(now, batch)
         t0 = time.perf_counter()
         if refs:
@@ -407,8 +269,9 @@ class RaySampler:
         now = time.monotonic()
         results: list[dict[str, Any]] = []
         for ref in ready:
-            if ref in self._probes:
-                self._on_probe(self._probes.pop(ref), ref, now)
+            if self.pool.is_probe(ref):
+                if self.pool.on_probe(ref, now):
+                    self._last_progress = now
             elif ref in self._calls:
                 results += self._on_call(self._calls[ref], now)
         self._check_deadlines(time.monotonic(), batch)
@@ -428,8 +291,8 @@ class RaySampler:
         except ray.exceptions.RayError as exc:  # the actor, its process or its node failed
             self._faults["actor_deaths"] += 1
             call.slot.deaths += 1
-            self._retire(call.slot, f"{type(exc).__name__}: {_first_line(exc)}", kill=False)
-            self._requeue(call, f"{type(exc).__name__}: {_first_line(exc)}")
+            self._retire(call.slot, f"{type(exc).__name__}: {first_line(exc)}", kill=False)
+            self._requeue(call, f"{type(exc).__name__}: {first_line(exc)}")
             return []
         finally:
             self._stats["get_s"] += time.perf_counter() - t0
@@ -450,45 +313,23 @@ class RaySampler:
         self._stats["get_s"] += time.perf_counter() - t0  # part of fetching a result
         return new
 
-    def _send_probes(self, now: float) -> None:
-        for slot in self._slots:
-            if slot.state == "probing" and slot.probe is None and now >= slot.next_probe_at:
-                slot.probe = slot.actor.ping.remote()
-                self._probes[slot.probe] = slot
-
-    def _on_probe(self, slot: _Slot, ref: Any, now: float) -> None:
-        import ray
-
-        slot.probe = None
-        try:
-            slot.pid, slot.node_id = ray.get(ref)
-        except ray.exceptions.RayError:
-            slot.next_probe_at = now + 0.5  # restarting (or gone: replaced after probe_timeout_s)
-            return
-        slot.state = "ready"
-        self._last_progress = now
-
     def _time_to_next_deadline(self, now: float, batch: _Batch) -> float | None:
-        deadlines = []
-        for slot in self._slots:
-            if slot.state == "ready" and slot.queue and slot.queue[0].started is not None:
+        deadlines = self.pool.probe_deadlines()
+        for slot in self.pool.ready():
+            if slot.queue and slot.queue[0].started is not None:
                 deadlines.append(slot.queue[0].started + self._timeout_s(slot.queue[0]))
-            elif slot.state == "probing":
-                deadlines.append(slot.probing_since + self.probe_timeout_s)
-                if slot.probe is None:
-                    deadlines.append(slot.next_probe_at)
-        if batch.todo and not self._ready_slots():
+        if batch.todo and not self.pool.ready():
             deadlines.append(self._last_progress + self._stall_timeout_s())
         return max(min(deadlines) - now, 0.0) if deadlines else None
 
     def _stall_timeout_s(self) -> float:
-        return 2 * self.probe_timeout_s + self.task_timeout_s
+        return 2 * self.pool.probe_timeout_s + self.task_timeout_s
 
     def _check_deadlines(self, now: float, batch: _Batch) -> None:
         import ray
 
-        for slot in self._slots:
-            if slot.state == "ready" and slot.queue:
+        for slot in self.pool.ready():
+            if slot.queue:
                 head = slot.queue[0]
                 if head.started is None or now - head.started <= self._timeout_s(head):
                     continue
@@ -499,9 +340,8 @@ class RaySampler:
                 tasks = ", ".join(str(head.batch.requests[p].task_index) for p in head.positions)
                 self._retire(slot, f"task {tasks} ran past rl.task_timeout_s={self.task_timeout_s:g} s per task "
                                    f"on worker pid {slot.pid}", kill=True)
-            elif slot.state == "probing" and now - slot.probing_since > self.probe_timeout_s:
-                self._replace(slot)
-        if batch.todo and not self._ready_slots() and now - self._last_progress > self._stall_timeout_s():
+        self.pool.replace_overdue(now)
+        if batch.todo and not self.pool.ready() and now - self._last_progress > self._stall_timeout_s():
             raise TaskFailedError(f"no healthy rollout worker for {now - self._last_progress:.0f} s; "
                                   f"{sum(map(len, batch.todo))} tasks of iteration {batch.requests[0].iteration} "
                                   "unsampled")
@@ -532,28 +372,9 @@ def _writable(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _kill(actor: Any, *, no_restart: bool) -> None:
-    """``ray.kill``, ignoring an actor that is already gone."""
-    import ray
-
-    with contextlib.suppress(Exception):
-        ray.kill(actor, no_restart=no_restart)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The exception line at the end of a Ray error's remote traceback (e.g. the constructor's ValueError)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
 def _cause(exc: Any) -> str:
     """The user-level exception inside a ``RayTaskError``, as ``Type: message``."""
     cause = getattr(exc, "cause", None)
     if cause is not None:
         return f"{type(cause).__name__}: {cause}"
-    return _first_line(exc)
+    return first_line(exc)

@@ -1,4 +1,10 @@
-"""rllab's batch semantics: K env slots stepped with auto-reset until the completed episodes hold K·H steps.
+"""Env-stepping loops: K trajectories of one or many tasks, one batched policy forward per time step.
+
+``rollout_tasks`` samples K episodes per task; ``rollout_step_budget`` samples rllab's batches. A task's seeds
+derive from (run seed, iteration, task index, stream) (:func:`task_seeds`), so whichever worker samples a task
+returns the same data.
+
+rllab's batches: K env slots stepped with auto-reset until the completed episodes hold K·H steps.
 
 The MAML paper's RL figures come from rllab's ``VectorizedSampler``: a batch of ``batch_size`` steps runs
 K = batch_size / H envs in lockstep, an env that ends an episode starts the next one at once, and sampling stops
@@ -13,13 +19,125 @@ sampler keeps follows from the lengths alone (:func:`budget_selection`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
+from torch.func import vmap
 
 from rlmaml.meta import Params
+from rlmaml.rl.policies import action_rescaler, actions_from_noise, check_stats, draw_noise, load_params, policy_stats
+
+
+class NonFiniteSampleError(FloatingPointError):
+    """Sampling met a non-finite observation, reward, policy output or adapted parameter (inner gradient)."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def task_seeds(seed: int, iteration: int, task_index: int, stream: int = 0) -> tuple[int, int]:
+    """(env seed, action-noise seed) of one task, derived from (run seed, iteration, task index, stream)."""
+    env_seed, noise_seed = np.random.SeedSequence([seed, iteration, task_index, stream]).generate_state(2)
+    return int(env_seed), int(noise_seed)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads, then restore the previous count.
+
+    Acting is one tiny forward per env step: extra threads only add synchronisation (measured: a 20x100
+    linear layer took 3 ms with 2 contended threads and ~20 µs with one).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def rollout(env: Any, policy: torch.nn.Module, params: Params, horizon: int, env_seed: int,
+            generator: torch.Generator, normalize_actions: bool = True) -> dict[str, np.ndarray]:
+    """K trajectories of the env's current task as a time-major padded batch (numpy).
+
+    One batched policy forward per time step; a trajectory that terminates or truncates stops being
+    stepped (``active``) and is masked from then on. The batch holds the policy's own actions; with
+    ``normalize_actions`` the env receives them rescaled from [-1, 1] to its bounds.
+    """
+    return rollout_tasks([env], policy, params, horizon, [env_seed], [generator], normalize_actions)[0]
+
+
+def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params | Sequence[Params], horizon: int,
+                  env_seeds: Sequence[int], generators: Sequence[torch.Generator],
+                  normalize_actions: bool = True) -> list[dict[str, np.ndarray]]:
+    """:func:`rollout` for M tasks at once (one batched env each): one policy forward and one env step
+    (``envs.step_tasks``) per time step for all of them.
+
+    ``params`` is θ shared by every task, or one φ per task (the forward then runs under ``vmap``). Each
+    task draws its whole rollout's action noise from its own generator up front, stops being stepped when all
+    its trajectories are done, and has zeros wherever its mask is 0, so its batch does not depend on which
+    other tasks it was sampled with.
+    """
+    from envs import step_tasks
+
+    m = len(envs)
+    if not isinstance(params, Mapping) and len(params) == 1:
+        params = params[0]  # one task: the plain module forward, no vmap
+    shared = isinstance(params, Mapping)
+    rescale = action_rescaler(envs[0].single_action_space) if normalize_actions else None  # once, not per step
+    k = envs[0].num_envs
+    obs = np.stack([env.reset(seed) for env, seed in zip(envs, env_seeds, strict=True)]).astype(np.float32)
+    if not np.isfinite(obs).all():
+        raise NonFiniteSampleError("reset returned a non-finite observation")
+    noise = torch.stack([draw_noise(policy, (horizon, k), g) for g in generators], dim=1)  # [T, M, K, ...]
+    obs_buf = np.zeros((m, horizon, k, obs.shape[-1]), dtype=np.float32)
+    action_buf: np.ndarray | None = None
+    rewards = np.zeros((m, horizon, k), dtype=np.float32)
+    mask = np.zeros((m, horizon, k), dtype=np.float32)
+    alive = np.ones((m, k), dtype=bool)
+    if shared:
+        load_params(policy, params)  # act with the module itself: no functional_call per step
+
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # [M, K, obs] -> stats [M, K, ...]
+            return tuple(s.reshape(m, k, *s.shape[1:]) for s in policy(x.reshape(m * k, -1), stats_only=True))
+    else:
+        stacked = {name: torch.stack([p[name] for p in params]) for name in params[0]}
+        forward = partial(vmap(partial(policy_stats, policy)), stacked)
+    for t in range(horizon):
+        running = alive.any(axis=1)
+        if not running.any():
+            break
+        with torch.no_grad():
+            stats = forward(torch.from_numpy(obs))
+        try:
+            check_stats(stats)
+        except FloatingPointError as exc:
+            raise NonFiniteSampleError(f"policy output at step {t} is not finite ({one_line(exc, 120)})") from None
+        action = actions_from_noise(policy, stats, noise[t])
+        if action.dtype.kind == "f" and not np.isfinite(action[alive]).all():
+            raise NonFiniteSampleError(f"policy output at step {t} is not finite (an action is NaN or inf)")
+        if action_buf is None:
+            action_buf = np.zeros((m, horizon, *action.shape[1:]), dtype=action.dtype)
+        live = alive.reshape(m, k, *([1] * (action.ndim - 2)))
+        action_buf[:, t] = np.where(live, action, 0)
+        obs_buf[:, t] = np.where(alive[..., None], obs, 0.0)
+        mask[:, t] = alive
+        env_action = action if rescale is None else rescale(action)
+        idx = np.flatnonzero(running)
+        step_obs, reward, terminated, truncated = step_tasks(
+            [envs[i] for i in idx], env_action[idx], alive[idx])
+        obs[idx] = step_obs
+        rewards[idx, t] = np.where(alive[idx], reward, 0.0)
+        alive[idx] &= ~(np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool))
+    assert action_buf is not None
+    return [{"observations": obs_buf[i], "actions": action_buf[i], "rewards": rewards[i], "mask": mask[i]}
+            for i in range(m)]
 
 
 def budget_selection(lengths: np.ndarray, budget: int) -> np.ndarray | None:
@@ -57,7 +175,7 @@ def wave_seed(env_seed: int, wave: int) -> int:
 def rollout_step_budget(envs: Sequence[Any], policy: torch.nn.Module, params: Params | Sequence[Params],
                         horizon: int, env_seeds: Sequence[int], generators: Sequence[torch.Generator],
                         normalize_actions: bool = True) -> list[dict[str, np.ndarray]]:
-    """:func:`rlmaml.rl.worker.rollout_tasks` with rllab's batches: for each of the M tasks, the episodes that
+    """:func:`rollout_tasks` with rllab's batches: for each of the M tasks, the episodes that
     ``K = env.num_envs`` slots complete within ``K · horizon`` steps, each one a column of a ``[horizon, K']``
     padded batch (``K' >= K``).
 
@@ -65,8 +183,6 @@ def rollout_step_budget(envs: Sequence[Any], policy: torch.nn.Module, params: Pa
     own generator and seeds (:func:`wave_seed`) and stops once its batch is decided, so its batch does not
     depend on which other tasks it was sampled with.
     """
-    from rlmaml.rl.worker import rollout_tasks
-
     m, k = len(envs), envs[0].num_envs
     shared = isinstance(params, Mapping)  # θ for every task: the plain forward, no vmap over copies
     waves: list[list[dict[str, np.ndarray]]] = [[] for _ in range(m)]

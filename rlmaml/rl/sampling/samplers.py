@@ -1,7 +1,7 @@
 """Samplers hand task requests to ``RolloutWorker``s and yield results as they finish.
 
 ``LocalSampler`` runs one worker in-process (tests, ``--backend local``). ``RaySampler`` (in
-:mod:`rlmaml.rl.ray_sampler`) runs the same class as Ray actors. Both yield one result per request, in any
+:mod:`rlmaml.rl.sampling.ray_sampler`) runs the same class as Ray actors. Both yield one result per request, in any
 order; the learner keys them by task index.
 """
 
@@ -12,15 +12,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rlmaml.rl.worker import RolloutWorker, TaskRequest, WorkerSpec
+from rlmaml.rl.sampling.worker import RolloutWorker, TaskRequest, WorkerSpec
 
 
 class Sampler(Protocol):
     """Something that turns task requests into worker results."""
 
-    def sample(self, weights: dict[str, np.ndarray], version: int,
-               requests: Sequence[TaskRequest]) -> Iterator[dict[str, Any]]:
-        """Yield one result per request as each finishes; ``weights`` are θ as numpy, tagged ``version``."""
+    def sample(self, weights: dict[str, np.ndarray], requests: Sequence[TaskRequest]) -> Iterator[dict[str, Any]]:
+        """Yield one result per request as each finishes; ``weights`` are θ as numpy."""
         ...
 
     def spaces(self) -> tuple[Any, Any]:
@@ -41,8 +40,7 @@ class LocalSampler:
     def __init__(self, spec: WorkerSpec) -> None:
         self.worker = RolloutWorker(spec)
 
-    def sample(self, weights: dict[str, np.ndarray], version: int,
-               requests: Sequence[TaskRequest]) -> Iterator[dict[str, Any]]:
+    def sample(self, weights: dict[str, np.ndarray], requests: Sequence[TaskRequest]) -> Iterator[dict[str, Any]]:
         yield from self.worker.sample_tasks(weights, requests)
 
     def spaces(self) -> tuple[Any, Any]:
