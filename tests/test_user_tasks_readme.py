@@ -53,7 +53,8 @@ def test_the_readme_own_task_example_trains_and_evaluates_from_its_folder(tmp_pa
         assert proc.returncode == 0, (command, proc.stderr[-2000:])
     (run,) = (tmp_path / "runs").glob("PointLine-v0-*")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 20 and all(r["accepted"] for r in rows[-5:])
+    assert [r["iteration"] for r in rows] == list(range(20))
+    assert sum(r["accepted"] for r in rows) >= 10  # TRPO steps were taken on the user's tasks
     result = json.loads((run / "eval.json").read_text())
     tasks, returns = result["per_goal"]["tasks"], result["per_goal"]["returns"]
     assert len({t["goal"] for t in tasks}) == 10  # ten distinct goals of the user's distribution
