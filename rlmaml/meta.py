@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.utils._pytree import tree_map
 
 Params = dict[str, Tensor]
@@ -32,19 +33,60 @@ def params_of(module: nn.Module) -> Params:
 
 
 def model_loss(model: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], per_step: bool = False) -> LossFn:
-    """A loss closure for supervised data: ``batch = (inputs, targets)``.
+    """A loss closure ``loss_fn(params, batch)`` for supervised data ``batch = (inputs, targets)``.
 
-    ``per_step`` marks a model whose forward takes ``step=`` (MAML++ per-step batch-norm weights): the core
-    then tells the loss which inner step it is at (see :func:`call_loss`).
+    It runs ``model`` with ``params`` by ``functional_call`` (buffers come from the model) and scores the
+    output with ``loss(outputs, targets)``. A batch-norm layer that would update its running statistics
+    (training mode with ``track_running_stats=True``) is refused with a ``ValueError`` at call time: torch.func
+    cannot differentiate through that in-place update. ``per_step`` marks a model whose forward takes
+    ``step=`` (MAML++ per-step batch-norm weights): the core then tells the loss which inner step it is at
+    (see :func:`call_loss`).
     """
+    norms = [(name, m) for name, m in model.named_modules() if isinstance(m, _NormBase)]
 
     def loss_fn(params: Params, batch: tuple[Tensor, Tensor], step: int | None = None) -> Tensor:
+        refuse_running_stat_updates(norms)
         inputs, targets = batch
         kwargs = {"step": step} if per_step and step is not None else {}
         return loss(functional_call(model, params, (inputs,), kwargs), targets)
 
     loss_fn.takes_step = per_step  # type: ignore[attr-defined]
+    loss_fn.model = model  # type: ignore[attr-defined]  # lets meta_objective check the model (vmap_hazard)
     return loss_fn
+
+
+def refuse_running_stat_updates(norms: Sequence[tuple[str, nn.Module]]) -> None:
+    """Raise a one-line ``ValueError`` naming the first norm layer that would update running statistics.
+
+    In training mode with ``track_running_stats=True`` such a layer adds into its buffers in place, which
+    torch.func refuses ("would mutate a captured Tensor"); MAML wants batch statistics anyway.
+    """
+    for name, m in norms:
+        if m.training and m.track_running_stats:
+            raise ValueError(
+                f"module {name or '<root>'!r} ({type(m).__name__}) would update its running statistics in place, "
+                "which torch.func cannot differentiate: build it with track_running_stats=False "
+                "(batch statistics, as MAML uses) or put it in eval mode"
+            )
+
+
+def vmap_hazard(loss_fn: LossFn) -> str | None:
+    """The first layer of ``loss_fn``'s model (if it has one) whose second-order gradient is wrong under vmap.
+
+    torch's fused batch norm (with batch statistics) and layer norm have a wrong batching rule for the
+    backward's ``grad_input`` (pytorch/functorch#534, open in torch 2.13): under ``vmap`` the second-order
+    MAML gradient through them is silently off (measured in float64: 0.4 relative for ``BatchNorm1d``,
+    2e-2 for ``LayerNorm``). First order and the loop are exact. Functional calls of those ops inside a
+    custom forward cannot be seen here.
+    """
+    model = getattr(loss_fn, "model", None)
+    if not isinstance(model, nn.Module):
+        return None
+    for name, m in model.named_modules():
+        batch_stats = isinstance(m, _BatchNorm) and (m.training or m.running_mean is None)
+        if batch_stats or isinstance(m, nn.LayerNorm):
+            return f"{name or '<root>'!r} ({type(m).__name__})"
+    return None
 
 
 def call_loss(loss_fn: LossFn, params: Params, batch: Any, step: int) -> Tensor:
@@ -197,7 +239,10 @@ def meta_objective(
     ``train`` / ``val`` hold every task: either a pytree of tensors with a leading task dimension, or
     (for ``batching="loop"`` only) a list with one entry per task, for tasks of unequal shapes.
     ``batching="vmap"`` maps over the task dimension with ``torch.func.vmap``; ``"loop"`` runs a Python
-    loop. Both give the same value (tested); which is faster depends on model and device.
+    loop. Both compute the same function (equal to ~1e-14 in float64, tested); which is faster depends on
+    model and device. In float32 they round differently, and where rounding moves a ReLU input across 0 a
+    many-step second-order gradient can jump by several percent on either path (tests/test_meta_batching.py).
+    Second-order ``vmap`` refuses a model with torch's fused batch norm or layer norm (:func:`vmap_hazard`).
     """
 
     def one(tr: Any, va: Any) -> Tensor:
@@ -209,6 +254,10 @@ def meta_objective(
     if batching == "vmap":
         if isinstance(train, list):
             raise ValueError("batching='vmap' needs tasks stacked along a leading dimension, got a list")
+        hazard = None if first_order else vmap_hazard(inner_loss) or vmap_hazard(outer_loss)
+        if hazard:
+            raise ValueError(f"batching='vmap' gives a wrong second-order gradient through torch's fused norm layer "
+                             f"{hazard} (pytorch/functorch#534): use batching='loop' or first_order=True")
         return vmap(one, randomness="different")(train, val).mean()
     if batching != "loop":
         raise ValueError(f"batching must be 'vmap' or 'loop', got {batching!r}")
