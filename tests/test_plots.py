@@ -109,6 +109,18 @@ def test_cli_plot_writes_the_png(tmp_path, capsys) -> None:
     assert_png(out, 1656, 432)
 
 
+def test_cli_plot_without_out_writes_into_the_run_not_the_working_directory(tmp_path, capsys, monkeypatch) -> None:
+    run = _run_with_metrics(tmp_path, "nav2d", 0, [{"iteration": i, "return_pre": -40.0 + i, "return_post": -30.0 + i,
+                                                     "kl": 0.01, "env_steps_per_s": 1e4} for i in range(5)])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["plot", str(run.path)]) == 0
+    assert capsys.readouterr().out.strip() == str(run.path / "learning_curves.png")
+    assert_png(run.path / "learning_curves.png", 1656, 432)
+    assert not list(elsewhere.iterdir())
+
+
 def test_cli_plot_of_a_run_without_metrics_is_a_clear_error(tmp_path, capsys) -> None:
     run = RunDir.create(build_config("nav2d"), tmp_path)
     assert main(["plot", str(run.path), "--out", str(tmp_path / "x.png")]) == 2
