@@ -145,7 +145,7 @@ class BatchStepper:
         self._datas = [e.data for e in envs]
         self._cfrc = [d.cfrc_ext for d in self._datas] if needs_cfrc else None  # live views
         self._frame_skip = envs[0].frame_skip
-        b = module.Batch(envs[0].model, nsim=len(envs), nthread=num_threads, persistent=True)
+        b = module.Batch(envs[0].model, nsim=len(envs), nthread=num_threads, persistent=needs_cfrc)
         self._batch = b
         self._rows = b.state  # [K, nstate] live integration states
         self._warning = b.warning  # [K, mjNWARNING, 2] live (lastinfo, number)

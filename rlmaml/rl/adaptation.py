@@ -3,8 +3,8 @@
 "Episode batch → advantages → one policy-gradient step" runs on the rollout worker (first order, detached: φ
 only acts), at test time and in the video recorder (the same), and on the learner (second order, under
 ``vmap``, through :class:`rlmaml.rl.learning.maml_objective.MamlRlObjective`). All of them go through
-:func:`advantaged` and :func:`policy_step`, so the data a worker acted on and the φ the learner differentiates
-agree by construction.
+:func:`advantaged` (or :func:`advantaged_tasks`: the same numbers, several tasks at once) and :func:`policy_step`,
+so the data a worker acted on and the φ the learner differentiates agree by construction.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ def policy_step(loss: LossFn, params: Params, episodes: Episodes, lr: float, *, 
     return adapt(loss, params, episodes, steps=1, lr=lr, first_order=first_order)
 
 
-def acting_params(loss: LossFn, params: Params, batch: Mapping[str, np.ndarray], lr: float, gamma: float,
+def acting_params(loss: LossFn, params: Params, batch: Mapping[str, np.ndarray] | Episodes, lr: float, gamma: float,
                   gae_lambda: float) -> Params:
-    """φ to act with: one first-order step on a numpy batch, detached (no graph is kept: φ only samples)."""
-    step = policy_step(loss, params, advantaged(batch, gamma, gae_lambda), lr, first_order=True)
+    """φ to act with: one first-order step on a numpy batch (or on episodes with advantages attached), detached
+    (no graph is kept: φ only samples)."""
+    episodes = batch if isinstance(batch, Episodes) else advantaged(batch, gamma, gae_lambda)
+    step = policy_step(loss, params, episodes, lr, first_order=True)
     return {k: v.detach() for k, v in step.items()}
 
 

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from rlmaml.config import ConfigError
 from rlmaml.meta import Params
-from rlmaml.networks import mlp
+from rlmaml.networks import ReLU, mlp
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -148,6 +149,84 @@ def load_params(policy: nn.Module, params: Params) -> None:
             p.copy_(params[name])
 
 
+def acting_forward(policy: nn.Module, params: Params | Sequence[Params], m: int, k: int
+                   ) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    """The acting forward of M tasks × K trajectories: a function from observations ``[M, K, obs_dim]`` to the
+    ``stats_only`` output, each ``[M, K, ...]``, with ``params`` shared by all tasks (θ) or one per task (φ).
+
+    For the stock policies the MLP runs as one ``addmm`` (θ) or ``bmm`` + bias (φ) per layer into buffers
+    allocated here, and the Gaussian std (state-independent) is computed once: the same numbers as the module's
+    forward and as ``vmap`` over :func:`policy_stats`, without their per-call cost (nn.Module dispatch, vmap's
+    wrapping; measured 116 -> 86 µs and 364 -> 93 µs per step at 10 tasks × 20, hidden (100, 100)). The outputs
+    are overwritten by the next call, which must run under ``torch.no_grad()``. θ is cast to the module's own
+    dtype and device, as :func:`load_params` would. A policy whose ``forward`` is not its class's own (a
+    subclass, a test's patch) runs that forward instead: the module with θ loaded, or ``vmap`` over φ.
+    """
+    shared = isinstance(params, Mapping)
+    layers = _mlp_layers(policy)
+    if layers is None:
+        if shared:
+            load_params(policy, params)  # act with the module itself: no functional_call per step
+
+            def module_forward(obs: Tensor) -> tuple[Tensor, ...]:
+                return tuple(s.reshape(m, k, *s.shape[1:]) for s in policy(obs.reshape(m * k, -1), stats_only=True))
+
+            return module_forward
+        stacked = {name: torch.stack([p[name] for p in params]) for name in params[0]}
+        return partial(vmap(partial(policy_stats, policy)), stacked)
+
+    own = next(policy.parameters())
+
+    def weight(name: str) -> Tensor:  # [out, in] (θ) or [M, out, in] (φ)
+        return params[name].to(own) if shared else torch.stack([p[name] for p in params])
+
+    prefix, names = layers
+    # per layer: (Wᵀ, bias, output buffer); θ: [in, out], [out], [M·K, out]; φ: [M, in, out], [M, 1, out], [M, K, out]
+    plan = []
+    for name in names:
+        w, b = weight(f"{prefix}.{name}.weight"), weight(f"{prefix}.{name}.bias")
+        out = torch.empty((m * k, w.shape[0]) if shared else (m, k, w.shape[1]), dtype=w.dtype, device=w.device)
+        plan.append((w.t() if shared else w.transpose(1, 2), b if shared else b.unsqueeze(1), out))
+    std = None
+    if isinstance(policy, GaussianMLPPolicy):
+        log_std = weight("log_std")
+        std = torch.exp(log_std.clamp(min=policy.min_log_std))
+        std = (std.expand(m, k, -1) if shared else std.unsqueeze(1).expand(m, k, -1))
+
+    def fused_forward(obs: Tensor) -> tuple[Tensor, ...]:
+        h = obs.reshape(m * k, -1) if shared else obs
+        for i, (wt, b, out) in enumerate(plan):
+            if shared:
+                torch.addmm(b, h, wt, out=out)  # what nn.Linear computes on a matrix
+            else:
+                torch.bmm(h, wt, out=out).add_(b)  # what vmap makes of nn.Linear
+            if i < len(plan) - 1:
+                out.clamp_(min=0.0)  # rlmaml.networks.ReLU
+            h = out
+        head = h.view(m, k, -1)
+        return (head,) if std is None else (head, std)
+
+    return fused_forward
+
+
+def _mlp_layers(policy: nn.Module) -> tuple[str, list[str]] | None:
+    """``(attribute, [names of its Linear layers])`` where ``policy`` is a stock policy, running its class's
+    own ``forward``, on an :func:`rlmaml.networks.mlp` (Linear, ReLU, ..., Linear); None for anything else."""
+    attr = {GaussianMLPPolicy: "mean", CategoricalMLPPolicy: "logits"}.get(type(policy))
+    if attr is None or type(policy).forward is not _STOCK_FORWARD[type(policy)]:
+        return None
+    net = getattr(policy, attr)
+    kinds = [type(layer) for layer in net] if isinstance(net, nn.Sequential) else []
+    expected = [nn.Linear, ReLU] * (len(kinds) // 2) + [nn.Linear]
+    if kinds != expected:
+        return None
+    return attr, [name for name, layer in net.named_children() if type(layer) is nn.Linear]
+
+
+_STOCK_FORWARD = {GaussianMLPPolicy: GaussianMLPPolicy.forward, CategoricalMLPPolicy: CategoricalMLPPolicy.forward}
+"""Each stock policy's own ``forward``, as defined (a constant): :func:`acting_forward` fuses only these."""
+
+
 def act(
     policy: nn.Module,
     params: Params | None,
@@ -172,9 +251,19 @@ def act(
 
 
 def check_stats(stats: Sequence[Tensor]) -> None:
-    """Raise FloatingPointError if a policy output (``stats_only``) holds a NaN or inf."""
-    if not all(bool(torch.isfinite(t).all()) for t in stats):
+    """Raise FloatingPointError if a policy output (``stats_only``) holds a NaN or inf.
+
+    CPU tensors are checked through a numpy view (a third of ``torch.isfinite``'s cost on an acting step's
+    small outputs, which are checked at every env step)."""
+    if not all(_all_finite(t) for t in stats):
         raise FloatingPointError("policy output is not finite (NaN or inf in the action distribution)")
+
+
+def _all_finite(t: Tensor) -> bool:
+    """Whether every element of ``t`` is finite; through a numpy view where numpy can hold it."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+        return bool(np.isfinite(t.detach().numpy()).all())
+    return bool(torch.isfinite(t).all())
 
 
 def draw_noise(policy: nn.Module, shape: Sequence[int], generator: torch.Generator) -> Tensor:

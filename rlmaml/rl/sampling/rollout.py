@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from torch.func import vmap
 
 from rlmaml.meta import Params
-from rlmaml.rl.policies import action_rescaler, actions_from_noise, check_stats, draw_noise, load_params, policy_stats
+from rlmaml.rl.policies import acting_forward, action_rescaler, actions_from_noise, check_stats, draw_noise
 
 
 class NonFiniteSampleError(FloatingPointError):
@@ -79,62 +77,63 @@ def rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: Params |
     """:func:`rollout` for M tasks at once (one batched env each): one policy forward and one env step
     (``envs.step_tasks``) per time step for all of them.
 
-    ``params`` is θ shared by every task, or one φ per task (the forward then runs under ``vmap``). Each
+    ``params`` is θ shared by every task, or one φ per task (:func:`acting_forward` batches the forward over tasks). Each
     task draws its whole rollout's action noise from its own generator up front, stops being stepped when all
     its trajectories are done, and has zeros wherever its mask is 0, so its batch does not depend on which
     other tasks it was sampled with.
     """
     from envs import step_tasks
 
-    m = len(envs)
+    m, k = len(envs), envs[0].num_envs
     if not isinstance(params, Mapping) and len(params) == 1:
-        params = params[0]  # one task: the plain module forward, no vmap
-    shared = isinstance(params, Mapping)
+        params = params[0]  # one task: the shared-θ forward
     rescale = action_rescaler(envs[0].single_action_space) if normalize_actions else None  # once, not per step
-    k = envs[0].num_envs
     obs = np.stack([env.reset(seed) for env, seed in zip(envs, env_seeds, strict=True)]).astype(np.float32)
     if not np.isfinite(obs).all():
         raise NonFiniteSampleError("reset returned a non-finite observation")
-    noise = torch.stack([draw_noise(policy, (horizon, k), g) for g in generators], dim=1)  # [T, M, K, ...]
+    noise = torch.stack([draw_noise(policy, (horizon, k), g) for g in generators], dim=1).unbind(0)  # T x [M, K, ...]
+    forward = acting_forward(policy, params, m, k)
+    policy_input = torch.from_numpy(obs)  # a view: ``obs`` is updated in place, so each step converts nothing
     obs_buf = np.zeros((m, horizon, k, obs.shape[-1]), dtype=np.float32)
     action_buf: np.ndarray | None = None
     rewards = np.zeros((m, horizon, k), dtype=np.float32)
     mask = np.zeros((m, horizon, k), dtype=np.float32)
     alive = np.ones((m, k), dtype=bool)
-    if shared:
-        load_params(policy, params)  # act with the module itself: no functional_call per step
-
-        def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # [M, K, obs] -> stats [M, K, ...]
-            return tuple(s.reshape(m, k, *s.shape[1:]) for s in policy(x.reshape(m * k, -1), stats_only=True))
-    else:
-        stacked = {name: torch.stack([p[name] for p in params]) for name in params[0]}
-        forward = partial(vmap(partial(policy_stats, policy)), stacked)
-    for t in range(horizon):
-        running = alive.any(axis=1)
-        if not running.any():
-            break
-        with torch.no_grad():
-            stats = forward(torch.from_numpy(obs))
-        try:
-            check_stats(stats)
-        except FloatingPointError as exc:
-            raise NonFiniteSampleError(f"policy output at step {t} is not finite ({one_line(exc, 120)})") from None
-        action = actions_from_noise(policy, stats, noise[t])
-        if action.dtype.kind == "f" and not np.isfinite(action[alive]).all():
-            raise NonFiniteSampleError(f"policy output at step {t} is not finite (an action is NaN or inf)")
-        if action_buf is None:
-            action_buf = np.zeros((m, horizon, *action.shape[1:]), dtype=action.dtype)
-        live = alive.reshape(m, k, *([1] * (action.ndim - 2)))
-        action_buf[:, t] = np.where(live, action, 0)
-        obs_buf[:, t] = np.where(alive[..., None], obs, 0.0)
-        mask[:, t] = alive
-        env_action = action if rescale is None else rescale(action)
-        idx = np.flatnonzero(running)
-        step_obs, reward, terminated, truncated = step_tasks(
-            [envs[i] for i in idx], env_action[idx], alive[idx])
-        obs[idx] = step_obs
-        rewards[idx, t] = np.where(alive[idx], reward, 0.0)
-        alive[idx] &= ~(np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool))
+    everyone = True  # every trajectory alive: the step's arrays go into the buffers as they are, unmasked
+    with torch.no_grad():
+        for t in range(horizon):
+            stats = forward(policy_input)
+            try:
+                check_stats(stats)
+            except FloatingPointError as exc:
+                raise NonFiniteSampleError(f"policy output at step {t} is not finite ({one_line(exc, 120)})") from None
+            action = actions_from_noise(policy, stats, noise[t])
+            if action.dtype.kind == "f" and not np.isfinite(action if everyone else action[alive]).all():
+                raise NonFiniteSampleError(f"policy output at step {t} is not finite (an action is NaN or inf)")
+            if action_buf is None:
+                action_buf = np.zeros((m, horizon, *action.shape[1:]), dtype=action.dtype)
+            env_action = action if rescale is None else rescale(action)
+            if everyone:
+                action_buf[:, t] = action
+                obs_buf[:, t] = obs
+                mask[:, t] = 1.0
+                step_obs, reward, terminated, truncated = step_tasks(envs, env_action, alive.copy())
+                obs[:] = step_obs
+                rewards[:, t] = reward
+                alive &= ~(np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool))
+            else:  # zeros where a trajectory has ended; only the tasks with one still running are stepped
+                action_buf[:, t] = np.where(alive.reshape(m, k, *([1] * (action.ndim - 2))), action, 0)
+                obs_buf[:, t] = np.where(alive[..., None], obs, 0.0)
+                mask[:, t] = alive
+                idx = np.flatnonzero(alive.any(axis=1))
+                step_obs, reward, terminated, truncated = step_tasks(
+                    [envs[i] for i in idx], env_action[idx], alive[idx])
+                obs[idx] = step_obs
+                rewards[idx, t] = np.where(alive[idx], reward, 0.0)
+                alive[idx] &= ~(np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool))
+            everyone = bool(alive.all())
+            if not everyone and not alive.any():
+                break
     assert action_buf is not None
     return [{"observations": obs_buf[i], "actions": action_buf[i], "rewards": rewards[i], "mask": mask[i]}
             for i in range(m)]
@@ -184,7 +183,7 @@ def rollout_step_budget(envs: Sequence[Any], policy: torch.nn.Module, params: Pa
     depend on which other tasks it was sampled with.
     """
     m, k = len(envs), envs[0].num_envs
-    shared = isinstance(params, Mapping)  # θ for every task: the plain forward, no vmap over copies
+    shared = isinstance(params, Mapping)  # θ for every task: the shared forward, not one per copy
     waves: list[list[dict[str, np.ndarray]]] = [[] for _ in range(m)]
     batches: list[dict[str, np.ndarray] | None] = [None] * m
     while any(b is None for b in batches):

@@ -24,6 +24,7 @@ bad task costs one skipped update rather than the run.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Sequence
@@ -68,6 +69,10 @@ class WorkerSpec:
     normalize_actions: bool = True
     env_path: str = ""
     """Directory to find ``env_module`` in (where the driver found it; a Ray actor's working directory is Ray's)."""
+    env_threads: int = 1
+    """Threads of the env's physics stepper (``make_batched(..., num_threads=)``), for batched envs that take
+    them (the MuJoCo tasks' ``MujocoBatchedEnv``; not Navigation2D's or the generic ``SerialBatchedEnv``, which
+    ignore it); a ``num_threads`` in ``env_kwargs`` wins. One actor can then step on every core of its node."""
 
     @classmethod
     def from_config(cls, cfg: Config, env_path: str = "") -> WorkerSpec:
@@ -108,7 +113,12 @@ class RolloutWorker:
         import_env_module(spec.env_module, spec.env_path)
         self.spec = spec
         self._envs: dict[tuple[int, int], Any] = {}
+        self._env_kwargs = dict(spec.env_kwargs)
         probe = self._env(spec.trajectories)
+        if spec.env_threads != 1 and "num_threads" not in self._env_kwargs and _takes_threads(probe):
+            self._env_kwargs["num_threads"] = int(spec.env_threads)
+            _close(self._envs.pop((spec.trajectories, 0)))
+            probe = self._env(spec.trajectories)
         self.observation_space = probe.single_observation_space
         self.action_space = probe.single_action_space
         self.policy = make_policy(self.observation_space, self.action_space, spec.hidden, spec.init_std, spec.min_std)
@@ -119,7 +129,7 @@ class RolloutWorker:
         from envs import make_batched
 
         if (k, slot) not in self._envs:
-            self._envs[(k, slot)] = make_batched(self.spec.env_id, k, **self.spec.env_kwargs)
+            self._envs[(k, slot)] = make_batched(self.spec.env_id, k, **self._env_kwargs)
         return self._envs[(k, slot)]
 
     def pid(self) -> int:
@@ -189,18 +199,32 @@ class RolloutWorker:
         batches = [_in_batch(0, sample, envs, self.policy, params, spec.horizon, [s for s, _ in seeds],
                              generators, spec.normalize_actions)]
         for step, lr in enumerate(requests[0].lrs):
-            thetas = params if isinstance(params, list) else [params] * len(requests)
-            params = [self._adapt(theta, batch, lr, step) for theta, batch in zip(thetas, batches[-1], strict=True)]
+            params = self._adapt(params if isinstance(params, list) else [params] * len(requests), batches[-1], lr, step)
             batches.append(_in_batch(step + 1, sample, envs, self.policy, params, spec.horizon,
                                      [s + (step + 1) * k for s, _ in seeds], generators, spec.normalize_actions))
         return [list(task) for task in zip(*batches, strict=True)]
 
-    def _adapt(self, params: Params, batch: dict[str, np.ndarray], lr: float, step: int) -> Params:
-        """φ after one first-order inner step on one episode batch (baseline fitted on it)."""
-        phi = acting_params(self.inner_loss, params, batch, lr, self.spec.gamma, self.spec.gae_lambda)
-        if not all_finite(phi):
+    def _adapt(self, thetas: Sequence[Params], batches: Sequence[dict[str, np.ndarray]], lr: float, step: int
+               ) -> list[Params]:
+        """Each task's φ after one first-order inner step from its θ on its episode batch (baseline fitted on it)."""
+        gamma, lam = self.spec.gamma, self.spec.gae_lambda
+        phis = [acting_params(self.inner_loss, theta, batch, lr, gamma, lam)
+                for theta, batch in zip(thetas, batches, strict=True)]
+        if not all(all_finite(phi) for phi in phis):
             raise NonFiniteSampleError(f"inner gradient step {step + 1} gave non-finite adapted parameters φ")
-        return phi
+        return phis
+
+
+def _takes_threads(env: Any) -> bool:
+    """Whether a batched env's class takes ``num_threads`` (a named constructor argument)."""
+    return "num_threads" in inspect.signature(type(env)).parameters
+
+
+def _close(env: Any) -> None:
+    """Close a batched env that has a ``close``."""
+    close = getattr(env, "close", None)
+    if callable(close):
+        close()
 
 
 def _result(request: TaskRequest, batches: list[dict[str, np.ndarray]], seconds: float) -> dict[str, Any]:
