@@ -16,7 +16,7 @@ from typing import NoReturn
 from rlmaml.config import Config, ConfigError, build_config, field_help, preset_names
 from rlmaml.devices import resolve_device
 from rlmaml.loop import Interrupted
-from rlmaml.runs import RunDir, RunError, TrainingStopped
+from rlmaml.runs import CheckpointError, RunDir, RunError, TrainingStopped
 
 EXIT_USAGE = 2
 
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_train_config(args: argparse.Namespace) -> tuple[Config, RunDir | None, dict | None]:
+def _train_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.backend:
         overrides.append(f"rl.backend={args.backend}")
@@ -97,42 +97,104 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Config, RunDir | No
     if args.preset and "=" in args.preset:  # argparse took the first override for the preset
         overrides.insert(0, args.preset)
         args.preset = None
-    if args.resume:
-        if args.preset:
-            raise ConfigError("give either a preset or --resume RUN_DIR, not both")
-        run = RunDir.open(args.resume)
-        checkpoint = run.load_checkpoint("latest")
-        return run.config(overrides), run, checkpoint
-    if not args.preset:
-        raise ConfigError("name a preset (rlmaml presets lists them) or --resume RUN_DIR")
-    if args.preset == "custom" and not any(o.split("=", 1)[0].strip() == "rl.env" for o in overrides):
-        raise ConfigError("preset custom trains your own env: name it with rl.env=ID (and rl.env_module=MODULE, "
-                          "rl.task_distribution=MODULE:OBJECT where needed)")
-    return build_config(args.preset, overrides), None, None
+    return overrides
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    cfg, run, checkpoint = _resolve_train_config(args)
+def _check_ready(cfg: Config) -> None:
+    """Fail before any training work: the env, its module and spaces (RL), and the device."""
     if cfg.experiment == "rl":
         from rlmaml.rl.build import check_rl_config
 
         check_rl_config(cfg)
     resolve_device(cfg.run.device)  # run.device=cuda without a GPU is a usage error before the run dir exists
-    run = run or RunDir.create(cfg, args.runs_dir)
-    args.run_path = run.path
-    print(f"rlmaml: run directory {run.path}", file=sys.stderr, flush=True)
-    with run.exclusive():  # one trainer per run directory (a resume started twice is refused)
-        if cfg.experiment == "rl":
-            from rlmaml.rl.trainer import train_rl
 
-            train_rl(cfg, run, checkpoint)
-        else:
-            from rlmaml.supervised import make_domain
-            from rlmaml.supervised.trainer import train_supervised
 
-            train_supervised(cfg, make_domain(cfg), run, checkpoint)
+def check_resume_seed(cfg: Config, checkpoint: dict, overrides: list[str], run: RunDir) -> None:
+    """A resume continues the checkpoint's random streams, which derive from its seed: refuse another seed."""
+    seed = (checkpoint.get("rng") or {}).get("seed") if isinstance(checkpoint.get("rng"), dict) else None
+    if seed is None or int(seed) == cfg.run.seed:
+        return
+    given = any(o.split("=", 1)[0].strip() == "run.seed" for o in overrides)
+    source = "given on the command line" if given else f"in {run.path / 'config.yaml'}"
+    raise RunError(f"run.seed={cfg.run.seed} ({source}) does not match seed {seed} of the checkpoint of iteration "
+                   f"{checkpoint.get('iteration')} in {run.checkpoint_dir}: a resume continues that run's random "
+                   "streams; leave run.seed out, or start a new run (run.dir=...) for another seed")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = _train_overrides(args)
+    if args.resume:
+        if args.preset:
+            raise ConfigError("give either a preset or --resume RUN_DIR, not both")
+        run = RunDir.open(args.resume)
+        with run.exclusive():  # before anything is read or written: one trainer per run directory
+            cfg = run.config(overrides)
+            checkpoint = run.load_checkpoint("latest")
+            check_resume_seed(cfg, checkpoint, overrides, run)
+            _check_ready(cfg)
+            run.check_metrics()  # a damaged line is refused before anything is changed
+            domain = _supervised_domain(cfg)
+            checkpoint = _matching_model(cfg, domain, run, checkpoint)
+            run.record_resume(cfg, overrides, checkpoint)
+            args.run_path = run.path
+            print(f"rlmaml: run directory {run.path}", file=sys.stderr, flush=True)
+            _train(cfg, run, checkpoint, domain)
+    else:
+        if not args.preset:
+            raise ConfigError("name a preset (rlmaml presets lists them) or --resume RUN_DIR")
+        if args.preset == "custom" and not any(o.split("=", 1)[0].strip() == "rl.env" for o in overrides):
+            raise ConfigError("preset custom trains your own env: name it with rl.env=ID (and rl.env_module=MODULE, "
+                              "rl.task_distribution=MODULE:OBJECT where needed)")
+        cfg = build_config(args.preset, overrides)
+        _check_ready(cfg)
+        run = RunDir.new(cfg, args.runs_dir)
+        print(f"rlmaml: run directory {run.path}", file=sys.stderr, flush=True)
+        with run.exclusive():  # taken before config.yaml is written: a refused trainer changes nothing here
+            run.start(cfg)
+            args.run_path = run.path
+            _train(cfg, run, None)
     print(f"rlmaml: done; evaluate with: rlmaml eval {run.path}", file=sys.stderr)
     return 0
+
+
+def _supervised_domain(cfg: Config) -> object | None:
+    """The supervised domain of ``cfg`` (None for meta-RL)."""
+    if cfg.experiment == "rl":
+        return None
+    from rlmaml.supervised import make_domain
+
+    return make_domain(cfg)
+
+
+def _train(cfg: Config, run: RunDir, checkpoint: dict | None, domain: object | None = None) -> None:
+    if cfg.experiment == "rl":
+        from rlmaml.rl.trainer import train_rl
+
+        train_rl(cfg, run, checkpoint)
+    else:
+        from rlmaml.supervised.trainer import train_supervised
+
+        train_supervised(cfg, domain or _supervised_domain(cfg), run, checkpoint)  # type: ignore[arg-type]
+
+
+def _matching_model(cfg: Config, domain: object | None, run: RunDir, checkpoint: dict) -> dict:
+    """The checkpoint if its θ has the names and shapes of the config's model, else the newest one that has
+    (with a warning for each that does not); a one-line CheckpointError if none has."""
+    from rlmaml.checkpoints import expect_shapes, param_shapes
+
+    if domain is None:
+        from rlmaml.rl.trainer import policy_shapes
+
+        expected, path = policy_shapes(cfg), ("learner", "params")
+    else:
+        expected = param_shapes(dict(domain.build_model(cfg.run.seed).named_parameters()))  # type: ignore[attr-defined]
+        path = ("params",)
+    check = expect_shapes(expected, *path)
+    try:
+        check(checkpoint, "")
+    except CheckpointError:
+        return run.load_checkpoint("latest", expect=check)
+    return checkpoint
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -179,9 +241,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
-    """'; resume with: rlmaml train --resume RUN' for a training run whose directory exists, else ''."""
+    """'; the last checkpoint is kept: rlmaml train --resume RUN' for a training run whose directory exists."""
     path = getattr(args, "run_path", None)
     return f"; the last checkpoint is kept: rlmaml train --resume {path}" if path else ""
+
+
+def _kept_traceback(args: argparse.Namespace, exc: BaseException) -> str:
+    """Append the traceback of ``exc`` to RUN/error.log when it asks for that (``keep_traceback``, e.g. a failed
+    rollout task) and a run directory exists; '; the traceback is in PATH' then, else ''."""
+    path = getattr(args, "run_path", None)
+    if not path or not getattr(exc, "keep_traceback", False):
+        return ""
+    import traceback
+
+    log = RunDir(path).write_error_log("".join(traceback.format_exception(exc)))
+    return f"; the traceback is in {log}" if log else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rlmaml: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingStopped as exc:
-        print(f"rlmaml: stopped: {exc}", file=sys.stderr)
+        hint = _resume_hint(args) if getattr(exc, "keep_traceback", False) else ""
+        print(f"rlmaml: stopped: {exc}{_kept_traceback(args, exc)}{hint}", file=sys.stderr)
         return 1
     except Interrupted as exc:
         print(f"rlmaml: {exc}", file=sys.stderr)

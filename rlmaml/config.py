@@ -290,8 +290,13 @@ def validate(cfg: Config) -> None:
     _require(bool(r.env), "rl.env must name a Gymnasium id")
     for key in ("horizon", "trajectories", "cg_iters", "ls_steps", "ppo_epochs", "max_task_retries"):
         _positive(getattr(r, key), f"rl.{key}")
-    for key in ("max_kl", "cg_damping", "task_timeout_s", "init_std", "min_std", "ppo_clip"):
+    for key in ("max_kl", "cg_damping", "init_std", "min_std", "ppo_clip"):
         _positive(getattr(r, key), f"rl.{key}")
+    _require(math.isfinite(r.task_timeout_s) and r.task_timeout_s >= 0,
+             f"rl.task_timeout_s must be > 0 seconds per task, or 0 to derive it from the measured task time; "
+             f"got {r.task_timeout_s!r}")
+    _choice(r.on_task_error, "rl.on_task_error", ("skip_task", "fail"))
+    _require(0 < r.min_task_fraction <= 1, f"rl.min_task_fraction must be in (0, 1], got {r.min_task_fraction!r}")
     _require(0 < r.gamma <= 1, f"rl.gamma must be in (0, 1], got {r.gamma}")
     _require(0 <= r.gae_lambda <= 1, f"rl.gae_lambda must be in [0, 1], got {r.gae_lambda}")
     _require(0 < r.ls_ratio < 1, f"rl.ls_ratio must be in (0, 1), got {r.ls_ratio}")

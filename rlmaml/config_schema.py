@@ -206,7 +206,17 @@ class RLConfig:
     """Tasks per Ray actor call, sampled together (one policy forward per step for all of them); 0 means
     ceil(meta_batch / (2 * actors)): two calls per actor."""
     task_timeout_s: float = 300.0
-    """Seconds per task before a rollout call is cancelled and resubmitted (a call of n tasks gets n times it)."""
+    """Seconds per task before a rollout call is given up (a call of n tasks gets n times it): Ray kills and
+    resubmits it, the local backend ends it. 0 derives it from the measured time: 300 s until one iteration has
+    been sampled, then max(60 s, 10 x the slowest task seen so far)."""
+    on_task_error: str = "skip_task"
+    """A task whose rollout fails (an env exception, a timeout past its retries) or gives a non-finite number:
+    'skip_task' drops it from the meta-batch and updates on the rest if at least rl.min_task_fraction of the
+    tasks remain (else the update is skipped, counting towards run.max_consecutive_failures); 'fail' ends the
+    run with one line naming the task and its seeds (the traceback goes to RUN/error.log)."""
+    min_task_fraction: float = 0.75
+    """With rl.on_task_error=skip_task: the fraction of the meta-batch's tasks that must remain for the update
+    to go on without the dropped ones (e.g. 15 of 20)."""
     max_task_retries: int = 3
     """Resubmissions of one task before the iteration fails."""
     dashboard_host: str = "127.0.0.1"

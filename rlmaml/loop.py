@@ -4,7 +4,8 @@ A trainer supplies two things (:class:`Trainer`): ``iterate(i)``, one meta-itera
 :class:`Outcome`, and ``state(next_iteration, best, failures)``, what a resume needs. The loop does the rest:
 
 * logs each outcome's record to ``metrics.jsonl`` and prints a progress line;
-* stops with :class:`TrainingStopped` after ``run.max_consecutive_failures`` skipped updates in a row;
+* stops with :class:`TrainingStopped` after ``run.max_consecutive_failures`` skipped updates in a row, and warns
+  at the end of a run that skipped any update or dropped any task (:class:`Tally`);
 * writes the ``best`` checkpoint when an outcome's score is the best so far, and a numbered one every
   ``run.checkpoint_every`` iterations, at the end, at ``run.time_limit_min``, and on SIGTERM or SIGINT.
 
@@ -155,6 +156,8 @@ def run_loop(cfg: Config, run: RunDir, trainer: Trainer, start: int, *, best: fl
     deadline = Deadline(cfg.run.time_limit_min)
     stop = StopRequest()
     it = saved = start
+    tally = Tally()
+    failed = True
     try:
         with stop.handling():
             while it < cfg.run.iterations and not stop.requested:
@@ -162,6 +165,7 @@ def run_loop(cfg: Config, run: RunDir, trainer: Trainer, start: int, *, best: fl
                 if outcome is None:  # abandoned on a stop request: nothing of it is kept
                     break
                 run.log({"iteration": it, **outcome.record})
+                tally.add(outcome)
                 failures = 0 if outcome.accepted else failures + 1
                 if not outcome.accepted:
                     print(f"rlmaml: iteration {it}: update skipped ({outcome.reason}); θ kept", file=sys.stderr)
@@ -188,6 +192,27 @@ def run_loop(cfg: Config, run: RunDir, trainer: Trainer, start: int, *, best: fl
             name = signal.Signals(stop.signum).name
             raise Interrupted(f"{name}: stopped after {it} of {cfg.run.iterations} iterations with a checkpoint; "
                               f"resume with: rlmaml train --resume {run.path}", stop.signum)
+        failed = False
     finally:
         progress.close()
-        run.close()
+        run.close(quiet=failed)  # a failing run reports its own error, not a CSV mirror's
+    tally.report(run)
+
+
+class Tally:
+    """Skipped updates and dropped tasks of a run, so that a run that skipped some does not end in a plain
+    'done' (the metrics say which: ``accepted``, ``tasks_skipped``)."""
+
+    def __init__(self) -> None:
+        self.iterations = self.skipped = self.tasks = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self.iterations += 1
+        self.skipped += not outcome.accepted
+        self.tasks += int(outcome.record.get("tasks_skipped", 0) or 0)
+
+    def report(self, run: RunDir) -> None:
+        if self.skipped or self.tasks:
+            print(f"rlmaml: warning: of {self.iterations} iterations, {self.skipped} skipped their update and "
+                  f"{self.tasks} task(s) were dropped from their meta-batch; see 'accepted' and 'tasks_skipped' "
+                  f"in {run.metrics_path}", file=sys.stderr)

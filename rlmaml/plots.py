@@ -284,8 +284,7 @@ def plot_learning_curves(runs: list[Any], out: Path) -> Path:
     Meta-RL runs: return before and after adaptation, post-update KL, env steps per second.
     Supervised runs: the meta-loss (smoothed when long). ``runs`` are RunDirs or run-directory paths.
     """
-    import yaml
-
+    from rlmaml.config import ConfigError, read_config_file
     from rlmaml.runs import RunDir, RunError
 
     groups: dict[str, list[dict[int, dict[str, Any]]]] = defaultdict(list)
@@ -294,10 +293,12 @@ def plot_learning_curves(runs: list[Any], out: Path) -> Path:
         rows = run.metrics()
         if not rows:
             raise RunError(f"{str(run.path)!r} has no metrics yet (metrics.jsonl is missing or empty)")
-        try:
-            name = (yaml.safe_load((run.path / "config.yaml").read_text()) or {}).get("run", {}).get("name")
-        except (OSError, yaml.YAMLError):
+        try:  # the run's name, read within the config limits; a damaged config.yaml: the folder's name
+            section = read_config_file(run.path / "config.yaml").get("run")
+            name = section.get("name") if isinstance(section, dict) else None
+        except ConfigError:
             name = None
+        name = name if isinstance(name, str) else None
         groups[name or run.path.name].append({int(r["iteration"]): r for r in rows if "iteration" in r})
     keys = {k for runs_ in groups.values() for rows in runs_ for r in rows.values() for k in r}
     panels = [p for p in (*RL_CURVES, *SUPERVISED_CURVES) if any(k in keys for k in p[1])]

@@ -141,7 +141,8 @@ def train_command(config: dict[str, Any]) -> str:
     """The ``rlmaml train`` command line that rebuilds ``config``: its preset plus the differing keys."""
     from rlmaml.config import ConfigError, build_config, preset_names, to_dict
 
-    name = str(config.get("run", {}).get("name", ""))
+    run = config.get("run")
+    name = str(run.get("name", "")) if isinstance(run, dict) else ""
     if name in preset_names():
         try:
             base = to_dict(build_config(name))
@@ -296,15 +297,16 @@ def _hardware_lines(results: list[dict[str, Any]]) -> list[str]:
 
 
 def _command_lines(runs: list[Any], results: list[dict[str, Any]]) -> list[str]:
-    import yaml
+    from rlmaml.config import ConfigError, read_config_file
 
     lines = ["## Commands", "", "```"]
     for run, res in zip(runs, results, strict=True):
         path = Path(getattr(run, "path", run))
-        try:
-            train_cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
+        try:  # read within the config limits; a damaged config.yaml: the config eval.json recorded
+            train_cfg = read_config_file(path / "config.yaml")
+        except ConfigError:
             train_cfg = res.get("config", {})
+        train_cfg = train_cfg if isinstance(train_cfg, dict) else {}
         lines.append(f"# {result_method(res)}")
         lines.append(train_command(train_cfg))
         lines.append(eval_command(str(path), train_cfg, res.get("config", train_cfg)))

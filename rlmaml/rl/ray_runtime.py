@@ -17,21 +17,67 @@ Security defaults (checked against Ray 2.60's docs and its ``ray/_private/worker
   turns token mode on if a token is available, and an explicit ``host:port`` (or ``RAY_ADDRESS``) follows
   ``RAY_AUTH_MODE`` only: the cluster's nodes and this driver must agree, which the ``launch/`` files
   arrange (``RAY_AUTH_MODE=token`` on every node and in ``submit.sh``, the same token file).
+* The token file. Ray 2.60 writes a missing ``~/.ray/auth_token`` with ``open(path, "w")``, i.e. readable by
+  every user of the machine under the usual umask (0644), and the token lets its holder run code on the
+  cluster. :func:`ensure_private_token` creates it first, mode 0600 in a 0700 ``~/.ray`` (with Ray's own
+  generator), and narrows an existing one that others can read (with a warning). Skipped when the token comes
+  from ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` or authentication is turned off.
 * The dashboard (and the Jobs API behind it) binds to ``dashboard_host`` (``rl.dashboard_host``, default
-  127.0.0.1), so nothing listens beyond this machine.
+  127.0.0.1).
+* The metrics export is off (``_system_config={"enable_metrics_collection": False}``, a setting of Ray's own
+  ``ray_config_def.h``; ``RAY_enable_metrics_collection`` in the environment takes precedence). With it on, each
+  node's dashboard agent serves Prometheus metrics on ``metrics_export_port`` bound to every interface (Ray's
+  ``reporter_agent.py`` binds to 127.0.0.1 only when the node's IP is loopback, and ``ray.init`` resolves a
+  loopback ``_node_ip_address`` to the machine's IP). Other listeners of a local Ray are listed in
+  launch/README.md ("Ports").
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
+from pathlib import Path
 from typing import Any
 
 _STARTED_HERE = False
 """Whether :func:`init_ray` started the Ray instance this process is connected to."""
 
 LOOPBACK = "127.0.0.1"
+METRICS_ENV = "RAY_enable_metrics_collection"
+"""Ray's environment switch for its metrics collection and export; when set, it is left to decide."""
+
+
+def token_path() -> Path:
+    """Where Ray 2.60 reads (and writes) the token when no environment variable names one: ~/.ray/auth_token."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def ensure_private_token() -> Path | None:
+    """Create ~/.ray/auth_token (mode 0600, in a 0700 ~/.ray) before Ray would create it world-readable, or narrow
+    an existing one that group or others can read. Returns the file, or None where Ray will not read it (token from
+    ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``, authentication turned off)."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() == "disabled":
+        return None
+    path = token_path()
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, 0o600)
+            print(f"rlmaml: warning: {path} was readable by other users (mode {mode:04o}); it is now 0600",
+                  file=sys.stderr, flush=True)
+        return path
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(generate_new_authentication_token())
+    os.chmod(path, 0o600)  # whatever the umask
+    return path
 
 
 def init_ray(address: str = "", dashboard_host: str = LOOPBACK, num_cpus: int | None = None,
@@ -61,6 +107,9 @@ def init_ray(address: str = "", dashboard_host: str = LOOPBACK, num_cpus: int | 
     if dashboard_host not in (LOOPBACK, "localhost", "::1"):
         print(f"rlmaml: warning: the Ray dashboard will listen on {dashboard_host}; anyone who can reach it "
               "can run code on this machine", file=sys.stderr, flush=True)
+    ensure_private_token()
+    if METRICS_ENV not in os.environ:  # no Prometheus endpoint on every interface for a local run
+        common["_system_config"] = {"enable_metrics_collection": False}
     # address="local": always a new instance. address=None would join the cluster recorded in
     # /tmp/ray/ray_current_cluster (a `ray start` on this machine) instead of starting ours with these settings.
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard,

@@ -80,23 +80,29 @@ def _entry_lines(text: str) -> list[int | None]:
 def load_goals_file(path: str | Path, distribution: Any) -> list[dict[str, Any]]:
     """Tasks from a YAML or JSON list of task dicts, each checked with ``distribution.validate``.
 
-    Raises :class:`ConfigError` with one line naming the file, the entry and its line.
+    Read within the config limits (size, YAML aliases, nesting: :func:`rlmaml.config.load_yaml`). Raises
+    :class:`ConfigError` with one line naming the file, the entry and its line.
     """
-    import yaml
+    from rlmaml.config import load_yaml
+    from rlmaml.config_bounds import MAX_FILE_BYTES
 
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+        text = raw.decode("utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"eval.goals_file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"eval.goals_file {path} is not UTF-8 text (offset {exc.start})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"eval.goals_file {path} is larger than {MAX_FILE_BYTES:,} bytes")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else load_yaml(text, f"eval.goals_file {path}")
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(f"{path}: {where}not valid YAML: {_one_line(getattr(exc, 'problem', '') or str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a list of task dicts") from None
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{path}: expected a non-empty list of task dicts (e.g. '- goal: [0.1, -0.3]'), "
                           f"got {type(data).__name__ if data is not None else 'an empty file'}")
@@ -167,12 +173,15 @@ def summarise_returns(method: str, per_goal: np.ndarray) -> tuple[list[dict[str,
 
 # ---- the evaluation ----------------------------------------------------------------------------------------
 
-def evaluate_rl_run(cfg: Config, run: RunDir, state: dict[str, Any], video: bool = False) -> dict[str, Any]:
+def evaluate_rl_run(cfg: Config, run: RunDir, state: dict[str, Any], video: bool = False,
+                    pictures: list[Any] | None = None) -> dict[str, Any]:
     """Evaluate a run's θ (``state["learner"]["params"]``) on test goals after 0..``eval.rl_steps`` steps.
 
     Returns ``{"rows": [{method, steps, mean, ci95, goals}], "summary", "method", "kind", "env", "protocol",
     "per_goal": {"tasks", "returns"}, "hardware", "figures", "videos"}``; writes ``nav_trajectories.png``
-    for 2D navigation and, with ``video``, MP4s before/after adaptation under ``videos/``.
+    for 2D navigation and, with ``video``, MP4s before/after adaptation under ``videos/``. Given a ``pictures``
+    list, it writes none of them: it appends ``(key, name, draw)`` for the caller to run once the numbers are
+    saved (``draw()`` writes the file(s) and returns their names, listed under ``result[key]``).
     """
     from rlmaml.report import hardware_info, method_kind
 
@@ -222,18 +231,28 @@ def evaluate_rl_run(cfg: Config, run: RunDir, state: dict[str, Any], video: bool
 
     per_goal = returns  # [goals, steps + 1]
     rows, summary = summarise_returns(name, per_goal)
-    figures, videos = [], []
+    figures: list[str] = []
+    videos: list[str] = []
+    deferred = [] if pictures is None else pictures
     if nav:
-        from rlmaml.plots import plot_nav_trajectories
+        def draw_nav() -> list[str]:
+            from rlmaml.plots import plot_nav_trajectories
 
-        out = plot_nav_trajectories([nav[i] for i in sorted(nav)], run.path / "nav_trajectories.png",
-                                    title=f"{name}: trajectories before and after adaptation")
-        figures.append(out.name)
+            return [plot_nav_trajectories([nav[i] for i in sorted(nav)], run.path / "nav_trajectories.png",
+                                          title=f"{name}: trajectories before and after adaptation").name]
+
+        deferred.append(("figures", "nav_trajectories.png", draw_nav))
     if video:
-        from rlmaml.rl.evaluation.video import record_adaptation_videos
+        def draw_videos() -> list[str]:
+            from rlmaml.rl.evaluation.video import record_adaptation_videos
 
-        videos = [str(p.relative_to(run.path)) for p in
-                  record_adaptation_videos(cfg, weights, first_episodes, lrs, tasks[0], run.path / "videos")]
+            return [str(p.relative_to(run.path)) for p in
+                    record_adaptation_videos(cfg, weights, first_episodes, lrs, tasks[0], run.path / "videos")]
+
+        deferred.append(("videos", "videos/", draw_videos))
+    if pictures is None:  # a direct caller: draw now, as before
+        for key, _, draw in deferred:
+            (figures if key == "figures" else videos).extend(draw())
     return {
         "rows": rows,
         "summary": summary,

@@ -7,6 +7,8 @@ policies, a step scaled to ``max_kl``, and a backtracking line search on surroga
 number skips the update and keeps θ: a worker result marked invalid (a non-finite observation, reward, policy
 output or inner gradient on the worker), a non-finite episode batch or adapted φ here (the reason names the
 task and iteration), or a non-finite surrogate, gradient or CG result (:func:`rlmaml.rl.learning.trpo.trpo_step`).
+With ``rl.on_task_error=skip_task`` invalid worker results (a non-finite number, or a failed rollout) are dropped
+instead and the update goes on with the rest, as long as ``rl.min_task_fraction`` of the meta-batch remains.
 """
 
 from __future__ import annotations
@@ -126,13 +128,16 @@ class MetaLearner:
             raise RuntimeError("MetaLearner.step called with no tasks")
         tasks = [self.tasks[i] for i in sorted(self.tasks)]
         start = time.perf_counter()
-        if self.invalid:  # a task's data cannot be used: no update this iteration, θ kept
-            bad = sorted(self.invalid)
-            reason = "; ".join(self.invalid[i] for i in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
-            metrics = _skipped(reason)
-        else:
+        dropped = ""
+        if self.invalid and not self._enough_valid():  # too few usable tasks: no update this iteration, θ kept
+            metrics = _skipped(self._invalid_reasons(with_count=True))
+        else:  # rl.on_task_error=skip_task: the update goes on without the invalid tasks
+            dropped = self._invalid_reasons() if self.invalid else ""
             metrics = self._trpo(tasks) if self.cfg.rl.outer == "trpo" else self._ppo(tasks)
         metrics["tasks_invalid"] = len(self.invalid)
+        metrics["tasks_skipped"] = len(self.invalid) if dropped else 0
+        if dropped:
+            metrics["skipped_reason"] = dropped
         metrics["learner_time_s"] = time.perf_counter() - start + self.prepare_time_s
         metrics["return_pre"] = _mean([t.batches[0].total_return().mean().item() for t in tasks])
         metrics["return_post"] = _mean([t.val.total_return().mean().item() for t in tasks])
@@ -140,6 +145,24 @@ class MetaLearner:
         if metrics.get("accepted"):
             self.version += 1
         return metrics
+
+    def _enough_valid(self) -> bool:
+        """Whether the valid tasks may be updated on without the invalid ones: ``rl.on_task_error=skip_task`` and
+        at least ``rl.min_task_fraction`` of the meta-batch valid (e.g. 15 of 20; 2 of 3 is not enough at 0.75)."""
+        r = self.cfg.rl
+        total = len(self.tasks) + len(self.invalid)
+        return (r.on_task_error == "skip_task" and bool(self.tasks)
+                and len(self.tasks) >= r.min_task_fraction * total - 1e-9)
+
+    def _invalid_reasons(self, with_count: bool = False) -> str:
+        """The first three invalid tasks' reasons (with the count of valid ones, for a skipped update)."""
+        bad = sorted(self.invalid)
+        text = "; ".join(self.invalid[i] for i in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        if with_count and self.cfg.rl.on_task_error == "skip_task":
+            total = len(self.tasks) + len(bad)
+            text += (f" ({len(self.tasks)} of {total} tasks valid, fewer than rl.min_task_fraction="
+                     f"{self.cfg.rl.min_task_fraction:g})")
+        return text
 
     def _nonfinite_phi(self, phis: Params, tasks: list[TaskData]) -> str | None:
         """The skip reason if any task's adapted φ (stacked, task-major) is not finite, naming those tasks."""

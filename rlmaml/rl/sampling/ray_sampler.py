@@ -22,6 +22,11 @@ Faults, all counted in :meth:`RaySampler.fault_counts`:
 * A task is resubmitted at most ``max_task_retries`` times, then :class:`TaskFailedError` says why.
 * **An exception in the env or policy** (a ``RayTaskError``) is deterministic given the task's seeds, so it is
   not retried: it reaches the driver at once as :class:`TaskFailedError` naming the task and its seeds.
+* With ``skip_failed`` (``rl.on_task_error=skip_task``, for requests with ``invalid_ok``) either failure is
+  instead that task's result, marked ``valid: False, failed: True`` with the same line as its ``reason``
+  (:func:`rlmaml.rl.sampling.samplers.failed_result`); the other tasks go on. A call of several tasks that raised
+  is first resubmitted one task per call, so only the failing task is dropped.
+* ``task_timeout_s=0`` derives the timeout from the measured per-task times (:func:`auto_task_timeout`).
 
 Because a worker's randomness derives from (run seed, iteration, task index), a resubmitted task returns
 exactly the data the first attempt would have; a duplicate result (only possible after a resubmission) is
@@ -33,45 +38,21 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rlmaml.rl.ray_runtime import default_num_workers, driver_node_cpus, init_ray, shutdown_ray, started_here
 from rlmaml.rl.sampling.actor_pool import ActorPool, ActorSlot, first_line
-from rlmaml.rl.sampling.rollout import task_seeds
+from rlmaml.rl.sampling.ray_calls import ActorCall, SampleBatch, worker_cause, writable
+from rlmaml.rl.sampling.samplers import (  # noqa: F401  (TaskFailedError and auto_task_timeout: re-exported)
+    TaskFailedError,
+    TaskTimer,
+    auto_task_timeout,
+    describe_request,
+    failed_result,
+)
 from rlmaml.rl.sampling.worker import TaskRequest, WorkerSpec
-
-
-class TaskFailedError(RuntimeError):
-    """A rollout task failed for good: an error raised in the env/policy, or too many infrastructure faults."""
-
-
-@dataclass(eq=False)
-class _Batch:
-    """The requests of one ``sample()`` call and their progress."""
-
-    requests: Sequence[TaskRequest]
-    weights_ref: Any
-    todo: deque[list[int]]
-    """The calls still to send, each a list of positions in ``requests``."""
-    attempts: list[int]
-    done: list[bool]
-    last_error: list[str]
-    remaining: int
-
-
-@dataclass(eq=False)
-class _Call:
-    ref: Any
-    positions: list[int]
-    batch: _Batch
-    slot: ActorSlot
-    submitted: float
-    started: float | None = None
-    """When the actor (probably) began this call: at submission if its queue was empty, else when the call
-    ahead of it finished. Actor calls run in submission order."""
 
 
 class RaySampler:
@@ -81,7 +62,8 @@ class RaySampler:
                  max_task_retries: int = 3, *, tasks_per_call: int = 0, max_restarts: int = -1,
                  pipeline_depth: int = 1,
                  probe_timeout_s: float = 120.0, startup_timeout_s: float | None = None,
-                 scheduling_strategy: str = "SPREAD", address: str = "", dashboard_host: str = "127.0.0.1") -> None:
+                 scheduling_strategy: str = "SPREAD", address: str = "", dashboard_host: str = "127.0.0.1",
+                 skip_failed: bool = False) -> None:
         import ray
 
         self._owns_ray = False
@@ -93,14 +75,18 @@ class RaySampler:
         self.spec = spec
         self.num_workers = int(num_workers)
         self.task_timeout_s = float(task_timeout_s)
+        """The configured seconds per task; 0 derives them from measured task times (:meth:`timeout_per_task`)."""
+        self.timer = TaskTimer(0.0)
+        self.skip_failed = bool(skip_failed)
+        self._failed: list[dict[str, Any]] = []
         self.max_task_retries = int(max_task_retries)
         self.tasks_per_call = max(int(tasks_per_call), 0)
         self.pipeline_depth = max(int(pipeline_depth), 1)
         self._faults = {"actor_deaths": 0, "timeouts": 0, "retries": 0}
         self._stats = {"put_s": 0.0, "submit_s": 0.0, "get_s": 0.0, "wait_s": 0.0, "calls": 0, "results": 0,
                        "duplicates": 0}
-        self._calls: dict[Any, _Call] = {}
-        self._batch: _Batch | None = None
+        self._calls: dict[Any, ActorCall] = {}
+        self._batch: SampleBatch | None = None
         self._spaces: tuple[Any, Any] | None = None
         self._rr = 0
         self._closed = False
@@ -108,7 +94,7 @@ class RaySampler:
                               scheduling_strategy=scheduling_strategy)
         self._last_progress = time.monotonic()
         try:
-            self.pool.startup(max(self.task_timeout_s, 120.0) if startup_timeout_s is None else startup_timeout_s)
+            self.pool.startup(max(self.timeout_per_task(), 120.0) if startup_timeout_s is None else startup_timeout_s)
         except RuntimeError:
             self.close()
             raise
@@ -118,7 +104,13 @@ class RaySampler:
         """Join ``rl.address`` (or start the embedded local Ray) and start ``rl.num_workers`` actors."""
         r = cfg.rl
         return cls(spec, r.num_workers, r.task_timeout_s, r.max_task_retries, tasks_per_call=r.tasks_per_call,
-                   address=r.address, dashboard_host=r.dashboard_host)
+                   address=r.address, dashboard_host=r.dashboard_host,
+                   skip_failed=getattr(r, "on_task_error", "fail") == "skip_task")
+
+    def timeout_per_task(self) -> float:
+        """``task_timeout_s``, or (0) :func:`auto_task_timeout` of the slowest task of the finished iterations."""
+        self.timer.configured = self.task_timeout_s  # read each time: tests and callers may change it
+        return self.timer.seconds()
 
     def worker_info(self) -> list[dict[str, Any]]:
         """Each actor's pid, node id and state (pids change when an actor restarts)."""
@@ -162,16 +154,22 @@ class RaySampler:
         self._stats["put_s"] += time.perf_counter() - t0
         size = self._call_size(n)
         calls = deque(list(range(i, min(i + size, n))) for i in range(0, n, size))
-        batch = _Batch(requests, weights_ref, calls, [0] * n, [False] * n, [""] * n, n)
+        batch = SampleBatch(requests, weights_ref, calls, [0] * n, [False] * n, [""] * n, n)
         self._batch = batch
+        self._failed = []
         self._last_progress = time.monotonic()
         try:
             while batch.remaining:
                 self._fill(batch)
-                results = self._next_results(batch)
+                results = self._next_results(batch) + self._failed
+                self._failed = []
+                for result in results:
+                    if result.get("valid", True):
+                        self.timer.observe(result)
                 if results:
                     self._fill(batch)  # keep the actor that just finished busy while the caller works
                     yield from results
+            self.timer.iteration_done()
         finally:  # also on an early close() of the generator; a later sample() call may already own _batch
             if self._batch is batch:
                 self._batch = None
@@ -187,7 +185,7 @@ class RaySampler:
             shutdown_ray()
 
     # ---- scheduling ------------------------------------------------------------------------------------
-    def _fill(self, batch: _Batch) -> None:
+    def _fill(self, batch: SampleBatch) -> None:
         """Hand queued calls to the least-loaded ready actors (ties: round robin)."""
         while batch.todo:
             ready = [s for s in self.pool.ready() if len(s.queue) < self.pipeline_depth]
@@ -204,17 +202,17 @@ class RaySampler:
             return self.tasks_per_call
         return max(1, -(-tasks // (2 * self.num_workers)))
 
-    def _submit(self, slot: ActorSlot, batch: _Batch, positions: list[int]) -> None:
+    def _submit(self, slot: ActorSlot, batch: SampleBatch, positions: list[int]) -> None:
         t0 = time.perf_counter()
         ref = slot.actor.sample_tasks.remote(batch.weights_ref, [batch.requests[p] for p in positions])
         self._stats["submit_s"] += time.perf_counter() - t0
         self._stats["calls"] += 1
         now = time.monotonic()
-        call = _Call(ref, positions, batch, slot, now, started=now if not slot.queue else None)
+        call = ActorCall(ref, positions, batch, slot, now, started=now if not slot.queue else None)
         slot.queue.append(call)
         self._calls[ref] = call
 
-    def _requeue(self, call: _Call, reason: str) -> None:
+    def _requeue(self, call: ActorCall, reason: str) -> None:
         """Resubmit a call's tasks (to any healthy actor), each in a call of its own. A call of one task counts
         against its retries (and fails the sample once they are used up); a call of several does not, as any one
         of its tasks may have caused the fault."""
@@ -229,11 +227,22 @@ class RaySampler:
             if len(call.positions) == 1:
                 batch.attempts[pos] += 1
                 if batch.attempts[pos] > self.max_task_retries:
-                    raise TaskFailedError(f"{self._describe(batch.requests[pos])} failed after "
-                                          f"{self.max_task_retries} resubmissions; last fault: {reason}")
+                    self._give_up(batch, pos, f"{self._describe(batch.requests[pos])} failed after "
+                                              f"{self.max_task_retries} resubmissions; last fault: {reason}")
+                    continue
             batch.todo.appendleft([pos])
 
-    def _remove_call(self, call: _Call, now: float) -> None:
+    def _give_up(self, batch: SampleBatch, pos: int, reason: str) -> None:
+        """A task that failed for good: its failed result (``skip_failed`` and an ``invalid_ok`` request, so the
+        other tasks go on) or :class:`TaskFailedError`."""
+        request = batch.requests[pos]
+        if not (self.skip_failed and request.invalid_ok):
+            raise TaskFailedError(reason)
+        batch.done[pos] = True
+        batch.remaining -= 1
+        self._failed.append(failed_result(request, reason))
+
+    def _remove_call(self, call: ActorCall, now: float) -> None:
         self._calls.pop(call.ref, None)
         queue = call.slot.queue
         if call in queue:
@@ -251,7 +260,7 @@ class RaySampler:
             self._requeue(call, reason)
 
     # ---- the event loop --------------------------------------------------------------------------------
-    def _next_results(self, batch: _Batch) -> list[dict[str, Any]]:
+    def _next_results(self, batch: SampleBatch) -> list[dict[str, Any]]:
         """Wait for the next event (a call's results, a fault, a probe, a deadline); return the new results."""
         import ray
 
@@ -277,7 +286,7 @@ class RaySampler:
         self._check_deadlines(time.monotonic(), batch)
         return results
 
-    def _on_call(self, call: _Call, now: float) -> list[dict[str, Any]]:
+    def _on_call(self, call: ActorCall, now: float) -> list[dict[str, Any]]:
         import ray
 
         self._remove_call(call, now)
@@ -287,7 +296,14 @@ class RaySampler:
         except ray.exceptions.RayTaskError as exc:  # raised by the env / policy code: deterministic
             if call.batch is not self._batch:
                 return []
-            raise TaskFailedError(f"{self._describe_call(call, exc)} failed in the worker: {_cause(exc)}") from exc
+            reason = f"{self._describe_call(call, exc)} failed in the worker: {worker_cause(exc)}"
+            if not self.skip_failed or not all(call.batch.requests[p].invalid_ok for p in call.positions):
+                raise TaskFailedError(reason) from exc
+            if len(call.positions) > 1:  # find the failing task: each alone, not counted against it
+                self._requeue(call, reason)
+            else:
+                self._give_up(call.batch, call.positions[0], reason)
+            return []
         except ray.exceptions.RayError as exc:  # the actor, its process or its node failed
             self._faults["actor_deaths"] += 1
             call.slot.deaths += 1
@@ -309,11 +325,11 @@ class RaySampler:
             batch.done[pos] = True
             batch.remaining -= 1
             self._stats["results"] += 1
-            new.append(_writable(result))
+            new.append(writable(result))
         self._stats["get_s"] += time.perf_counter() - t0  # part of fetching a result
         return new
 
-    def _time_to_next_deadline(self, now: float, batch: _Batch) -> float | None:
+    def _time_to_next_deadline(self, now: float, batch: SampleBatch) -> float | None:
         deadlines = self.pool.probe_deadlines()
         for slot in self.pool.ready():
             if slot.queue and slot.queue[0].started is not None:
@@ -323,9 +339,9 @@ class RaySampler:
         return max(min(deadlines) - now, 0.0) if deadlines else None
 
     def _stall_timeout_s(self) -> float:
-        return 2 * self.pool.probe_timeout_s + self.task_timeout_s
+        return 2 * self.pool.probe_timeout_s + self.timeout_per_task()
 
-    def _check_deadlines(self, now: float, batch: _Batch) -> None:
+    def _check_deadlines(self, now: float, batch: SampleBatch) -> None:
         import ray
 
         for slot in self.pool.ready():
@@ -338,19 +354,23 @@ class RaySampler:
                     continue
                 self._faults["timeouts"] += 1
                 tasks = ", ".join(str(head.batch.requests[p].task_index) for p in head.positions)
-                self._retire(slot, f"task {tasks} ran past rl.task_timeout_s={self.task_timeout_s:g} s per task "
-                                   f"on worker pid {slot.pid}", kill=True)
+                self._retire(slot, f"task {tasks} ran past {self._timeout_text()} on worker pid {slot.pid}",
+                             kill=True)
         self.pool.replace_overdue(now)
         if batch.todo and not self.pool.ready() and now - self._last_progress > self._stall_timeout_s():
             raise TaskFailedError(f"no healthy rollout worker for {now - self._last_progress:.0f} s; "
                                   f"{sum(map(len, batch.todo))} tasks of iteration {batch.requests[0].iteration} "
                                   "unsampled")
 
-    def _timeout_s(self, call: _Call) -> float:
-        """A call's time limit: ``task_timeout_s`` for each of its tasks."""
-        return self.task_timeout_s * len(call.positions)
+    def _timeout_s(self, call: ActorCall) -> float:
+        """A call's time limit: the per-task timeout for each of its tasks."""
+        return self.timeout_per_task() * len(call.positions)
 
-    def _describe_call(self, call: _Call, exc: Any) -> str:
+    def _timeout_text(self) -> str:
+        self.timer.configured = self.task_timeout_s
+        return self.timer.describe()
+
+    def _describe_call(self, call: ActorCall, exc: Any) -> str:
         """The task a worker exception belongs to: the one its message names (``sample_task`` names it), else
         the call's first."""
         requests = [call.batch.requests[p] for p in call.positions]
@@ -359,22 +379,4 @@ class RaySampler:
         return self._describe((named or requests)[0])
 
     def _describe(self, req: TaskRequest) -> str:
-        env_seed, noise_seed = task_seeds(self.spec.seed, req.iteration, req.task_index, req.stream)
-        return (f"rollout of task {req.task_index} {req.task} on {self.spec.env_id} (iteration {req.iteration}, "
-                f"run seed {self.spec.seed}, env seed {env_seed}, noise seed {noise_seed})")
-
-
-def _writable(result: dict[str, Any]) -> dict[str, Any]:
-    """Ray hands numpy arrays back read-only (zero-copy from the object store); torch warns on those and a
-    learner that wrote into one would fail. Copy the episode arrays once (cheap next to sampling them)."""
-    result["episodes"] = [{k: (v if v.flags.writeable else v.copy()) if isinstance(v, np.ndarray) else v
-                           for k, v in batch.items()} for batch in result["episodes"]]
-    return result
-
-
-def _cause(exc: Any) -> str:
-    """The user-level exception inside a ``RayTaskError``, as ``Type: message``."""
-    cause = getattr(exc, "cause", None)
-    if cause is not None:
-        return f"{type(cause).__name__}: {cause}"
-    return first_line(exc)
+        return describe_request(self.spec, req)
