@@ -303,6 +303,7 @@ def validate(cfg: Config) -> None:
     _require(0 < r.cg_task_fraction <= 1, f"rl.cg_task_fraction must be in (0, 1], got {r.cg_task_fraction}")
     _require(r.num_workers >= 0, f"rl.num_workers must be >= 0, got {r.num_workers}")
     _require(r.tasks_per_call >= 0, f"rl.tasks_per_call must be >= 0, got {r.tasks_per_call}")
+    _require(r.env_threads >= 1, f"rl.env_threads must be >= 1, got {r.env_threads}")
     _choice(r.batch, "rl.batch", ("trajectories", "steps"))
     _require(not (r.compile and r.outer == "ppo"), "rl.compile=true compiles the TRPO step; rl.outer=ppo has none to "
              "compile (set rl.compile=false)")

@@ -202,6 +202,9 @@ class RLConfig:
     trajectories x H steps (more, and shorter, episodes where episodes end early; see eval.batch). Every
     episode is a column of H steps and tasks are padded to the largest count, so the learner's work grows with
     the number of episodes, not of steps."""
+    env_threads: int = 1
+    """Threads each rollout worker steps its MuJoCo simulations on (mujoco.batch; results do not depend on it). A Ray
+    actor then reserves that many CPUs, so one actor per node with env_threads = its cores is a layout."""
     tasks_per_call: int = 0
     """Tasks per Ray actor call, sampled together (one policy forward per step for all of them); 0 means
     ceil(meta_batch / (2 * actors)): two calls per actor."""

@@ -90,7 +90,7 @@ class ActorPool:
         self.probe_timeout_s = float(probe_timeout_s)
         self.replacements = 0
         self._actor_cls = ray.remote(RayRolloutWorker).options(
-            num_cpus=1, max_restarts=max_restarts, max_task_retries=0,
+            num_cpus=max(1, int(spec.env_threads)), max_restarts=max_restarts, max_task_retries=0,
             runtime_env={"env_vars": dict(THREAD_ENV)}, scheduling_strategy=scheduling_strategy)
         self._probes: dict[Any, ActorSlot] = {}
         now = time.monotonic()

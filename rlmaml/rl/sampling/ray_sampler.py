@@ -71,7 +71,8 @@ class RaySampler:
             init_ray(address, dashboard_host)
             self._owns_ray = started_here()  # started by this call: ours to shut down at close()
         if num_workers <= 0:
-            num_workers = default_num_workers(ray.cluster_resources().get("CPU", 1.0), driver_node_cpus())
+            cpus = default_num_workers(ray.cluster_resources().get("CPU", 1.0), driver_node_cpus())
+            num_workers = max(1, cpus // max(1, int(spec.env_threads)))  # each actor reserves env_threads CPUs
         self.spec = spec
         self.num_workers = int(num_workers)
         self.task_timeout_s = float(task_timeout_s)

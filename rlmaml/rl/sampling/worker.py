@@ -79,7 +79,7 @@ class WorkerSpec:
         r = cfg.rl
         return cls(env_id=r.env, horizon=r.horizon, trajectories=r.trajectories, hidden=tuple(r.hidden),
                    init_std=r.init_std, min_std=r.min_std, gamma=r.gamma, gae_lambda=r.gae_lambda,
-                   inner_loss=r.inner_loss, seed=cfg.run.seed, env_module=r.env_module,
+                   inner_loss=r.inner_loss, seed=cfg.run.seed, env_module=r.env_module, env_threads=r.env_threads,
                    normalize_actions=r.normalize_actions, env_path=env_path)
 
 
