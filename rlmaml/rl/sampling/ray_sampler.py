@@ -180,7 +180,7 @@ class RaySampler:
         if self._closed:
             return
         self._closed = True
-        self.pool.close() if hasattr(self, "pool") else None
+        self.pool.close()
         self._calls = {}
         if self._owns_ray:
             shutdown_ray()
