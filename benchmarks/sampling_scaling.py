@@ -12,9 +12,11 @@ In one run, with the same θ and tasks (one meta-batch: the pre- and post-adapta
        worker's own actions and seeds (same trajectories); (a2) minus (a1) is the worker's own cost;
   (a2) ``RolloutWorker.sample_tasks`` in this process (LocalSampler's path: policy forward, noise, buffers,
        adaptation);
-  (a3) the same worker with the pre-issue-17 loop (:func:`legacy_rollout_tasks`, per-task advantages);
+  (a3) the same worker with the pre-issue-17 loop (:func:`legacy_rollout_tasks`: each task's env stepped on its own);
   (b)  RaySampler with 1 actor, (c) with ``--workers`` actors of 1 env thread each, (e) with 1 actor of
        ``--workers`` env threads (``WorkerSpec.env_threads``: ``mujoco.batch`` on that many threads);
+  (f)  ``--workers`` actors on as many one-CPU nodes of a ``ray.cluster_utils.Cluster``, against the cost model of
+       ``launch/README.md`` section 6 (ceil(tasks / actors) x one task's time on one actor, from (b));
   (d)  with ``--learn-repeats 1``: a full meta-iteration with the (c) actors, sampling overlapped with the
        learner's per-task work, then the TRPO step (learner in this process, on the CPU unless CUDA is available).
 
@@ -131,8 +133,9 @@ def legacy_rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: A
                          env_seeds: Sequence[int], generators: Sequence[torch.Generator],
                          normalize_actions: bool = True) -> list[dict[str, np.ndarray]]:
     """``rollout_tasks`` as it was before issue 17 (module forward or vmap per step, np.where into the buffers
-    at every step, fancy-indexed env steps), kept to time the new loop against it in the same run."""
-    from envs import step_tasks
+    at every step, fancy-indexed env steps, each task's env stepped on its own), kept to time the new loop
+    against it in the same run."""
+    from envs.batched import step_each as step_tasks  # env by env: step_many came with issue 17
 
     m = len(envs)
     if not isinstance(params, Mapping) and len(params) == 1:
@@ -183,18 +186,18 @@ def legacy_rollout_tasks(envs: Sequence[Any], policy: torch.nn.Module, params: A
 
 @contextlib.contextmanager
 def legacy_worker() -> Iterator[None]:
-    """While open, ``RolloutWorker`` samples with :func:`legacy_rollout_tasks` and computes each task's
-    advantages on its own, as before issue 17."""
+    """While open, a new ``RolloutWorker`` samples as before issue 17: :func:`legacy_rollout_tasks`, and each
+    task's env on its own physics batch."""
+    import envs
     import rlmaml.rl.sampling.worker as worker_module
-    from rlmaml.rl.adaptation import advantaged
 
-    saved = worker_module.rollout_tasks, worker_module.advantaged_tasks
+    saved = worker_module.rollout_tasks, envs.share_physics
     worker_module.rollout_tasks = legacy_rollout_tasks
-    worker_module.advantaged_tasks = lambda batches, gamma, lam: [advantaged(b, gamma, lam) for b in batches]
+    envs.share_physics = lambda batched: False  # one physics batch per task, as before
     try:
         yield
     finally:
-        worker_module.rollout_tasks, worker_module.advantaged_tasks = saved
+        worker_module.rollout_tasks, envs.share_physics = saved
 
 
 def worker_seeds(spec: WorkerSpec, requests: Sequence[Any], rollouts: int, k: int) -> list[list[int]]:
@@ -229,9 +232,12 @@ def in_process(cfg: Any, spec: WorkerSpec, requests: list[Any], repeats: int, se
         runs["a1"] = lambda: replay(replay_envs, [r.task for r in requests], seeds, actions, rescale)
         assert runs["a1"]() == sum(r["env_steps"] for r in first), "the replay did not reproduce the rollouts"
 
+    with legacy_worker():
+        old_worker = RolloutWorker(spec, num_threads=1)
+
     def legacy() -> list[dict[str, Any]]:
         with legacy_worker():
-            return worker.sample_tasks(weights, requests)
+            return old_worker.sample_tasks(weights, requests)
 
     same = all(np.array_equal(x[key], y[key]) for a, b in zip(first, legacy(), strict=True)
                for x, y in zip(a["episodes"], b["episodes"], strict=True) for key in x)
@@ -239,6 +245,41 @@ def in_process(cfg: Any, spec: WorkerSpec, requests: list[Any], repeats: int, se
           flush=True)
     runs["a3"] = lambda: sum(r["env_steps"] for r in legacy())
     return timed_round_robin(runs, repeats)
+
+
+def two_node_sampling(spec: WorkerSpec, requests: list[Any], weights: dict[str, np.ndarray], nodes: int,
+                      repeats: int, tasks_per_call: int) -> tuple[float, float]:
+    """(steps/s, best seconds) of sampling ``requests`` with one actor on each of ``nodes`` Ray nodes of one CPU
+    (``ray.cluster_utils.Cluster`` on this machine: real raylets, object transfer between nodes' stores)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from rlmaml.rl.ray_runtime import init_ray
+    from rlmaml.rl.sampling.ray_sampler import RaySampler
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        init_ray(cluster.address)
+        sampler = RaySampler(spec, num_workers=nodes, task_timeout_s=600, max_task_retries=1,
+                             tasks_per_call=tasks_per_call)
+        try:
+            where = {w["node_id"] for w in sampler.worker_info()}
+            assert len(where) == nodes, f"the actors did not spread over the {nodes} nodes: {where}"
+            list(sampler.sample(weights, requests[:nodes]))  # warm-up
+            best, steps = float("inf"), 0
+            for _ in range(repeats):
+                start = time.perf_counter()
+                steps = sum(r["env_steps"] for r in sampler.sample(weights, requests))
+                best = min(best, time.perf_counter() - start)
+        finally:
+            sampler.close()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return steps / best, best
 
 
 def ray_overhead(stats: dict[str, float]) -> float:
@@ -338,6 +379,12 @@ def main() -> None:
         finally:
             sampler.close()
     ray.shutdown()
+    if n > 1:
+        rates["f"], sample_time["f"] = two_node_sampling(spec, requests, learner.weights(), n, args.repeats,
+                                                          args.tasks_per_call)
+        rows.append((f"(f) RaySampler, {n} actors on {n} nodes (ray.cluster_utils)", f"{rates['f']:,.0f}",
+                     f"{sample_time['f']:.2f} s"))
+        print(rows[-1], flush=True)
 
     bare, worker, old = local["a"], local["a2"], local["a3"]
     learner_device = getattr(learner, "device", torch.device("cpu"))
@@ -363,6 +410,13 @@ def main() -> None:
         print(f"{f'Ray 1 actor x {n} env threads / 1 actor x 1 (e)/(b)':<58} {rates['e'] / rates['b']:>14.2f}x")
     print(f"{'Ray sampling (1 actor) / bare stepper (a), wall':<58} {rates['b'] / bare.rate():>15.2f} {'>= 0.8':>9}")
     print(f"{'Ray (1 actor) / in-process worker (a2), wall':<58} {rates['b'] / worker.rate():>15.2f}")
+    if n > 1:
+        # the cost model of launch/README.md section 6: ceil(tasks / actors) x one task's time on one actor
+        per_task = sample_time["b"] / len(requests)
+        predicted = -(-len(requests) // n) * per_task
+        print(f"{f'cost model, {n} nodes: ceil(tasks/actors) x task time (b)':<58} {predicted:>14.2f}s")
+        print(f"{'  measured (f) / predicted':<58} {sample_time['f'] / predicted:>15.2f}")
+        print(f"{f'  {n} nodes (f) / {n} actors on one node (c)':<58} {sample_time['f'] / sample_time['c']:>15.2f}")
     if args.learn_repeats > 0:
         key = "c" if n > 1 else "b"
         print(f"{'driver time in Ray calls + transfers / meta-iteration':<58} {100 * best_share:>14.1f}% {'<= 5%':>9}")

@@ -17,7 +17,7 @@ plus an ``...Oracle-v0`` variant of each whose observation appends the task para
 MuJoCo is imported only when a MuJoCo env is made.
 """
 
-from .batched import BatchedTaskEnv, SerialBatchedEnv, make_batched, step_tasks
+from .batched import BatchedTaskEnv, SerialBatchedEnv, make_batched, share_physics, step_tasks
 from .registry import (
     ENV_IDS,
     load_object,
@@ -45,6 +45,7 @@ __all__ = [
     "register_task_distribution",
     "load_object",
     "make_batched",
+    "share_physics",
     "step_tasks",
     "BatchedTaskEnv",
     "SerialBatchedEnv",

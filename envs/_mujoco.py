@@ -30,7 +30,7 @@ from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
 from .base import TaskEnvMixin, check_action, check_actions, check_active, check_finite, copy_task
-from .mujoco_batch import make_stepper
+from .mujoco_batch import RowStepper, batch_module, make_stepper, share_batch
 
 _BAD_WARNINGS = np.array(
     [
@@ -73,6 +73,9 @@ class MujocoTaskMixin(TaskEnvMixin):
     Subclasses define ``x_dims`` (how many leading qpos entries the reward needs before the
     step), ``needs_cfrc`` (whether ``cfrc_ext`` must be computed after each step),
     ``ctrl_cost_weight``, ``_task_vector``, ``_obs_batch`` and ``_reward_batch``.
+
+    The kernels take the task as rows, ``task_vec [K, task_dim]`` (one per simulation), so one call can
+    serve simulations of different tasks (:meth:`MujocoBatchedEnv.step_many`).
     """
 
     x_dims: int = 1
@@ -138,7 +141,7 @@ class MujocoTaskMixin(TaskEnvMixin):
     def _get_obs(self):
         d = self.data
         cfrc = d.cfrc_ext[None] if self.needs_cfrc else None
-        return self._obs_batch(d.qpos[None], d.qvel[None], cfrc, self._task_vec, self._oracle)[0]
+        return self._obs_batch(d.qpos[None], d.qvel[None], cfrc, self._task_vec[None], self._oracle)[0]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         task = self._task_from_options(options)  # validate before touching any state
@@ -167,7 +170,7 @@ class MujocoTaskMixin(TaskEnvMixin):
         unstable = np.array([_warning_count(d) > self._warn0])
         cfrc = d.cfrc_ext[None] if self.needs_cfrc else None
         obs, reward, terminated, info = self._kernel(
-            self._task_vec,
+            self._task_vec[None],
             self._oracle,
             self.dt,
             x_before,
@@ -268,7 +271,7 @@ class MujocoBatchedEnv:
         self._sim = make_stepper(stepper, self.envs, self.cls.needs_cfrc, self.num_threads)
         self.stepper = self._sim.name  # "batch" or "loop": the one in use
         self._task = e0.get_task()
-        self._task_vec = e0._task_vec
+        self._task_rows = np.broadcast_to(e0._task_vec, (k, e0._task_vec.shape[0]))  # the kernels' task rows
 
     # ----- task ----------------------------------------------------------------------------
     def set_task(self, task: dict) -> None:
@@ -276,7 +279,8 @@ class MujocoBatchedEnv:
         for e in self.envs:
             e.set_task(task)
         self._task = self.envs[0].get_task()
-        self._task_vec = self.envs[0]._task_vec
+        vec = self.envs[0]._task_vec
+        self._task_rows = np.broadcast_to(vec, (self.num_envs, vec.shape[0]))
 
     def get_task(self) -> dict:
         return copy_task(self._task)
@@ -292,29 +296,90 @@ class MujocoBatchedEnv:
         return self._obs.copy()
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None):
-        where = f"{self.env_id} batched step"
-        k = self.num_envs
-        act = check_active(active, k, where)
-        a = check_actions(actions, act, (self._nu,), -1.0, 1.0, where)
-        run = act & ~self._dead
-        ctrl = a if self._ctrl_identity else self._ctrl_center + a * self._ctrl_half
-
-        x_before = self._sim.qpos()[:, : self.cls.x_dims]
-        self._sim.advance(run, ctrl)
+        act, a, run, x_before = self._begin(actions, active)
+        self._sim.advance(run, self._ctrl(a))
         qpos, qvel, cfrc, warn = self._sim.state()
-        unstable = run & (warn[:, _BAD_WARNINGS].sum(axis=1) > self._warn0)
-        obs, reward, terminated, info = self.cls._kernel(
-            self._task_vec,
-            self.envs[0].oracle,
-            self.dt,
-            x_before,
-            qpos,
-            qvel,
-            cfrc,
-            a,
-            unstable,
-            self._obs,
-        )
+        out = self.cls._kernel(self._task_rows, self.envs[0].oracle, self.dt, x_before, qpos, qvel, cfrc, a,
+                               self._unstable_now(run, warn), self._obs)
+        return self._finish(act, run, *out)
+
+    @classmethod
+    def step_many(cls, envs: list[MujocoBatchedEnv], actions: np.ndarray, active: np.ndarray):
+        """:func:`envs.batched.step_tasks` for M envs of one family (one task each): the physics of each env,
+        then one observation / reward kernel call for all M·K simulations, the task as rows. Each env's
+        result is its own ``step(actions[i], active[i])``'s (the kernels are row-wise)."""
+        e0 = envs[0]
+        if any(e.cls is not e0.cls or e.envs[0].oracle != e0.envs[0].oracle or e.dt != e0.dt for e in envs):
+            out = [e.step(a, active=act)[:4] for e, a, act in zip(envs, actions, active, strict=True)]
+            return tuple(np.stack(x) for x in zip(*out, strict=True))
+        begun = [e._begin(a, act) for e, a, act in zip(envs, actions, active, strict=True)]
+        shared = {id(e._sim.shared) for e in envs if isinstance(e._sim, RowStepper)}
+        if len(shared) == 1 and all(isinstance(e._sim, RowStepper) for e in envs):  # one physics call for all
+            sim = envs[0]._sim.shared
+            n = sim._qpos.shape[0]
+            run, ctrl = np.zeros(n, dtype=bool), np.zeros((n, e0._nu))
+            for e, (_, a, r, _) in zip(envs, begun, strict=True):
+                run[e._sim.rows], ctrl[e._sim.rows] = r, e._ctrl(a)
+            sim.advance(run, ctrl)
+        else:
+            for e, (_, a, r, _) in zip(envs, begun, strict=True):
+                e._sim.advance(r, e._ctrl(a))
+        states, unstable = [], []
+        for e, (_, _, run, _) in zip(envs, begun, strict=True):
+            state = e._sim.state()
+            states.append(state)
+            unstable.append(e._unstable_now(run, state[3]))
+        qpos, qvel = np.concatenate([s[0] for s in states]), np.concatenate([s[1] for s in states])
+        cfrc = np.concatenate([s[2] for s in states]) if states[0][2] is not None else None
+        obs, reward, terminated, info = e0.cls._kernel(
+            np.concatenate([e._task_rows for e in envs]), e0.envs[0].oracle, e0.dt,
+            np.concatenate([b[3] for b in begun]), qpos, qvel, cfrc, np.concatenate([b[1] for b in begun]),
+            np.concatenate(unstable), np.concatenate([e._obs for e in envs]))
+        results = []
+        for i, (e, (act, _, run, _)) in enumerate(zip(envs, begun, strict=True)):
+            rows = slice(i * e0.num_envs, (i + 1) * e0.num_envs)
+            results.append(e._finish(act, run, obs[rows], reward[rows], terminated[rows],
+                                     {key: v[rows] for key, v in info.items()})[:4])
+        return tuple(np.stack(x) for x in zip(*results, strict=True))
+
+    @classmethod
+    def share_physics(cls, envs: list[MujocoBatchedEnv]) -> bool:
+        """Put the simulations of M envs of one model into one ``mujoco.batch.Batch``, so that
+        :meth:`step_many` advances them all in one call on their threads (the worker's M tasks: one call per
+        step instead of M, and threads that each get M·K/T simulations). Trajectories are unchanged. Only for
+        envs on the ``batch`` stepper with the same env id, settings and thread count; returns whether it
+        shared (False leaves the envs as they were)."""
+        e0 = envs[0]
+        module = batch_module()
+        if (module is None or len(envs) < 2 or any(e.stepper != "batch" for e in envs)
+                or len({(type(e), e.env_id, repr(sorted(e._env_kwargs.items())), e.num_threads) for e in envs}) > 1):
+            return False
+        steppers = share_batch(module, [e._sim for e in envs], [e.envs for e in envs], e0.cls.needs_cfrc,
+                               e0.num_threads)
+        for e, stepper in zip(envs, steppers, strict=True):
+            e._sim = stepper
+        return True
+
+    def _begin(self, actions: np.ndarray, active: np.ndarray | None):
+        """Checked ``active`` and actions, the simulations to step (``run``: active and not ended unstable)
+        and the positions the reward needs from before the step."""
+        where = f"{self.env_id} batched step"
+        act = check_active(active, self.num_envs, where)
+        a = check_actions(actions, act, (self._nu,), -1.0, 1.0, where)
+        return act, a, act & ~self._dead, self._sim.qpos()[:, : self.cls.x_dims]
+
+    def _ctrl(self, a: np.ndarray) -> np.ndarray:
+        """Actuator controls of actions in [-1, 1]."""
+        return a if self._ctrl_identity else self._ctrl_center + a * self._ctrl_half
+
+    def _unstable_now(self, run: np.ndarray, warn: np.ndarray) -> np.ndarray:
+        """Which stepped simulations raised a new bad-warning count in this step."""
+        return run & (warn[:, _BAD_WARNINGS].sum(axis=1) > self._warn0)
+
+    def _finish(self, act: np.ndarray, run: np.ndarray, obs: np.ndarray, reward: np.ndarray,
+                terminated: np.ndarray, info: dict):
+        """The step's results from the kernel's, with the episode bookkeeping (inactive and ended simulations,
+        time limit, non-finite check)."""
         if not run.all():
             r = run[:, None]
             obs = np.where(r, obs, self._obs)

@@ -121,7 +121,7 @@ class _AntTaskEnv(MujocoTaskMixin, AntEnv):
         k = qpos.shape[0]
         parts = [qpos[:, cls.obs_skip_qpos :], qvel, np.clip(cfrc[:, 1:], -1.0, 1.0).reshape(k, -1)]
         if oracle:
-            parts.append(np.broadcast_to(task_vec, (k, task_vec.shape[0])))
+            parts.append(task_vec)
         return np.concatenate(parts, axis=1)
 
     @classmethod
@@ -166,7 +166,7 @@ class AntVelEnv(_AntTaskEnv):
 
     @classmethod
     def _task_term(cls, task_vec, qpos, vx):
-        return -np.abs(vx - task_vec[0])
+        return -np.abs(vx - task_vec[:, 0])
 
 
 class AntDirEnv(_AntTaskEnv):
@@ -182,7 +182,7 @@ class AntDirEnv(_AntTaskEnv):
 
     @classmethod
     def _task_term(cls, task_vec, qpos, vx):
-        return task_vec[0] * vx
+        return task_vec[:, 0] * vx
 
 
 class AntGoalEnv(_AntTaskEnv):

@@ -121,6 +121,17 @@ def step_tasks(
     return step_each(envs, actions, active)
 
 
+def share_physics(envs: list[BatchedTaskEnv]) -> bool:
+    """Let M batched envs of one form share their physics, where the form's class has a
+    ``share_physics(envs)`` classmethod (the MuJoCo tasks: one ``mujoco.batch`` call steps all M·K
+    simulations in :func:`step_tasks`); returns whether they share. Results are unchanged either way."""
+    cls = type(envs[0]) if envs else None
+    share = getattr(cls, "share_physics", None)
+    if share is None or any(type(e) is not cls for e in envs):
+        return False
+    return bool(share(envs))
+
+
 def _defined_in(cls: type, name: str) -> type | None:
     """The class in ``cls``'s MRO whose own namespace defines ``name``."""
     return next((c for c in cls.__mro__ if name in vars(c)), None)

@@ -76,7 +76,7 @@ class _HalfCheetahTaskEnv(MujocoTaskMixin, HalfCheetahEnv):
     def _obs_batch(cls, qpos, qvel, cfrc, task_vec, oracle):
         parts = [qpos[:, 1:], qvel]
         if oracle:
-            parts.append(np.broadcast_to(task_vec, (qpos.shape[0], task_vec.shape[0])))
+            parts.append(task_vec)
         return np.concatenate(parts, axis=1)
 
     @classmethod
@@ -109,7 +109,7 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
 
     @classmethod
     def _forward(cls, task_vec, v):
-        return -np.abs(v - task_vec[0])
+        return -np.abs(v - task_vec[:, 0])
 
 
 class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
@@ -123,4 +123,4 @@ class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
 
     @classmethod
     def _forward(cls, task_vec, v):
-        return task_vec[0] * v
+        return task_vec[:, 0] * v

@@ -55,6 +55,9 @@ class Stepper(Protocol):
         """Copies of ``qpos [K, nq]``, ``qvel [K, nv]``, ``cfrc_ext [K, nbody, 6]`` (None when not
         needed) and the warning counts ``[K, mjNWARNING]``."""
 
+    def flush(self) -> None:
+        """Write any state the stepper holds back into the envs' ``MjData``."""
+
     def close(self) -> None:
         """Release threads."""
 
@@ -127,6 +130,9 @@ class LoopStepper:
         cfrc = np.array(self._cfrc) if self._cfrc is not None else None
         return np.array(self._qpos), np.array(self._qvel), cfrc, np.array(self._warn)
 
+    def flush(self) -> None:
+        pass  # the state is always in the envs' MjData
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
@@ -187,9 +193,67 @@ class BatchStepper:
                 b.get_data(i, self._datas[i])
                 rne(self._models[i], self._datas[i])
 
-    def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-        cfrc = np.array(self._cfrc) if self._cfrc is not None else None
-        return self._qpos.copy(), self._qvel.copy(), cfrc, self._warning[:, :, 1].copy()
+    def state(self, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        cfrc = np.array(self._cfrc[rows]) if self._cfrc is not None else None
+        return self._qpos[rows].copy(), self._qvel[rows].copy(), cfrc, self._warning[rows, :, 1].copy()
+
+    def flush(self) -> None:
+        """Write the state the batch owns back into the envs' ``MjData`` (before another stepper takes them)."""
+        for i in np.flatnonzero(~self._pending):
+            d = self._datas[i]
+            mujoco.mj_setState(self._models[i], d, self._rows[i], _STATE)
+            d.warning.lastinfo[:] = self._warning[i, :, 0]
+            d.warning.number[:] = self._warning[i, :, 1]
+        self._pending[:] = True
 
     def close(self) -> None:
         pass  # the batch's threads sleep between calls and end with the batch
+
+
+class RowStepper:
+    """The stepper of one env whose K simulations are rows ``rows`` of a :class:`BatchStepper` shared by
+    several envs (:func:`share_batch`), so that stepping them all is one ``mujoco.batch`` call
+    (:meth:`envs._mujoco.MujocoBatchedEnv.step_many`); stepped alone, it advances only its rows."""
+
+    name = "batch"
+
+    def __init__(self, shared: BatchStepper, rows: slice, nu: int):
+        self.shared, self.rows, self._nu = shared, rows, nu
+
+    def reset(self) -> None:
+        self.shared._pending[self.rows] = True
+
+    def qpos(self) -> np.ndarray:
+        self.shared._load()
+        return self.shared._qpos[self.rows].copy()
+
+    def advance(self, run: np.ndarray, ctrl: np.ndarray) -> None:
+        n = self.shared._qpos.shape[0]
+        full_run, full_ctrl = np.zeros(n, dtype=bool), np.zeros((n, self._nu))
+        full_run[self.rows], full_ctrl[self.rows] = run, ctrl
+        self.shared.advance(full_run, full_ctrl)
+
+    def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        return self.shared.state(self.rows)
+
+    def flush(self) -> None:
+        self.shared.flush()
+
+    def close(self) -> None:
+        pass  # the shared batch ends with the last env that holds it
+
+
+def share_batch(module: ModuleType, steppers: list[Any], envs: list[list[Any]], needs_cfrc: bool,
+                num_threads: int) -> list[RowStepper]:
+    """One :class:`BatchStepper` over the simulations of several envs (``envs[i]``: env i's K unwrapped
+    envs), replacing their ``steppers``: each gets a :class:`RowStepper` of its rows. The state each stepper
+    owned is written back to the envs' ``MjData`` first, so the trajectories go on unchanged."""
+    for s in steppers:
+        s.flush()
+    flat = [e for group in envs for e in group]
+    shared = BatchStepper(module, flat, needs_cfrc, num_threads)
+    out, start = [], 0
+    for group in envs:
+        out.append(RowStepper(shared, slice(start, start + len(group)), flat[0].model.nu))
+        start += len(group)
+    return out

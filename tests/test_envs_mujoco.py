@@ -111,10 +111,10 @@ def test_half_cheetah_reward_formulas_by_hand():
     qpos = np.zeros((1, 9))
     qpos[0, 0] = 0.1  # moved 0.1 in dt = 0.05 -> v_x = 2.0
     x_before, qvel, a = np.zeros((1, 1)), np.zeros((1, 9)), np.full((1, 6), 0.5)  # ctrl = 0.075
-    r, term, info = HalfCheetahVelEnv._reward_batch(np.array([1.3]), x_before, qpos, qvel, None, a, 0.05)
+    r, term, info = HalfCheetahVelEnv._reward_batch(np.array([[1.3]]), x_before, qpos, qvel, None, a, 0.05)
     assert r[0] == pytest.approx(-0.7 - 0.075, abs=1e-12) and not term[0]
     assert info["x_velocity"][0] == pytest.approx(2.0)
-    r, _, _ = HalfCheetahDirEnv._reward_batch(np.array([-1.0]), x_before, qpos, qvel, None, a, 0.05)
+    r, _, _ = HalfCheetahDirEnv._reward_batch(np.array([[-1.0]]), x_before, qpos, qvel, None, a, 0.05)
     assert r[0] == pytest.approx(-2.0 - 0.075, abs=1e-12)
 
 
@@ -136,7 +136,7 @@ def _ant_state(z=0.5):
 )
 def test_ant_reward_formulas_by_hand(cls, task_vec, expected):
     xb, qpos, qvel, cfrc, a = _ant_state()
-    r, term, info = cls._reward_batch(np.array(task_vec), xb, qpos, qvel, cfrc, a, 0.05)
+    r, term, info = cls._reward_batch(np.array([task_vec]), xb, qpos, qvel, cfrc, a, 0.05)
     assert r[0] == pytest.approx(expected, abs=1e-12)
     assert not term[0]
     assert sum(v[0] for k, v in info.items() if k.startswith("reward_")) == pytest.approx(r[0], abs=1e-12)
@@ -144,7 +144,7 @@ def test_ant_reward_formulas_by_hand(cls, task_vec, expected):
     assert info["reward_ctrl"][0] == pytest.approx(-0.01)
     for z in (0.1, 1.2):
         _, qpos_z, *_ = _ant_state(z)
-        assert cls._reward_batch(np.array(task_vec), xb, qpos_z, qvel, cfrc, a, 0.05)[1][0]
+        assert cls._reward_batch(np.array([task_vec]), xb, qpos_z, qvel, cfrc, a, 0.05)[1][0]
 
 
 def _independent_step(env, qpos, qvel, ctrl, rne):
@@ -368,3 +368,48 @@ def test_batched_interface():
     np.testing.assert_array_equal(clone.reset(0), b.reset(0))
     b.close()
     clone.close()
+
+
+# ----- several tasks in one kernel call: step_tasks -> MujocoBatchedEnv.step_many --------------
+@pytest.mark.parametrize("stepper, share", [("loop", False), ("auto", False), ("auto", True)])
+@pytest.mark.parametrize("family, tasks", [
+    ("HalfCheetahVel", [{"velocity": 0.3}, {"velocity": 1.7}, {"velocity": 1.0}]),
+    ("AntGoal", [{"goal": [1.0, -2.0]}, {"goal": [-0.5, 0.5]}]),
+])
+def test_step_tasks_fused_step_equals_each_envs_own_step(family, tasks, stepper, share):
+    """One kernel call (and, with ``share_physics``, one physics call) for M tasks gives every env exactly what
+    its own ``step`` gives, through inactive slots, ended episodes, resets, a subset of the envs stepped, and
+    a re-share in the middle of an episode."""
+    from envs import make_batched, share_physics, step_tasks
+    from envs.batched import step_each
+    from envs.mujoco_batch import RowStepper, batch_module
+
+    k, horizon = 3, 12
+
+    def build():
+        return [make_batched(f"rlmaml/{family}-v0", k, task=t, stepper=stepper, max_episode_steps=horizon)
+                for t in tasks]
+
+    fused, each = build(), build()
+    assert type(fused[0]) is MujocoBatchedEnv  # step_tasks takes its step_many
+    can_share = share and stepper == "auto" and batch_module() is not None
+    if share:
+        assert share_physics(fused) == can_share
+        assert all(isinstance(e._sim, RowStepper) for e in fused) == can_share
+    rng = np.random.default_rng(3)
+    n = fused[0].single_action_space.shape[0]
+    for t in range(30):
+        if t % 15 == 0:
+            for i, (f, e) in enumerate(zip(fused, each, strict=True)):
+                np.testing.assert_array_equal(f.reset(10 * t + i), e.reset(10 * t + i))
+        if share and t == 7:
+            assert share_physics(fused) == can_share  # a new batch mid-episode takes over the state
+        actions = rng.uniform(-1.2, 1.2, size=(len(tasks), k, n))
+        active = rng.random((len(tasks), k)) < 0.8
+        some = slice(None) if t % 5 else slice(1, None)  # every 5th step, all envs but the first
+        fused_step = step_each if t % 7 == 3 else step_tasks  # sometimes each env's own step, on its rows
+        got = fused_step(fused[some], actions[some], active[some])
+        want = step_each(each[some], actions[some], active[some])
+        for name, g, w in zip(("obs", "reward", "terminated", "truncated"), got, want, strict=True):
+            np.testing.assert_array_equal(g, w, err_msg=f"{name} at step {t}")
+    assert not np.array_equal(got[1][0], got[1][1])  # the tasks' rewards differ: each env kept its own task

@@ -3,7 +3,7 @@
 "Episode batch → advantages → one policy-gradient step" runs on the rollout worker (first order, detached: φ
 only acts), at test time and in the video recorder (the same), and on the learner (second order, under
 ``vmap``, through :class:`rlmaml.rl.learning.maml_objective.MamlRlObjective`). All of them go through
-:func:`advantaged` (or :func:`advantaged_tasks`: the same numbers, several tasks at once) and :func:`policy_step`,
+:func:`advantaged` and :func:`policy_step`,
 so the data a worker acted on and the φ the learner differentiates agree by construction.
 """
 

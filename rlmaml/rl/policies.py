@@ -359,8 +359,7 @@ def params_to_numpy(params: Params) -> dict[str, np.ndarray]:
 def params_from_numpy(
     d: Mapping[str, np.ndarray], device: torch.device | str = "cpu", requires_grad: bool = False
 ) -> Params:
-    """Tensors on ``device`` from ``params_to_numpy`` output (new leaf tensors)."""
-    return {
-        name: torch.as_tensor(np.asarray(a)).to(device).clone().requires_grad_(requires_grad)
-        for name, a in d.items()
-    }
+    """Tensors on ``device`` from ``params_to_numpy`` output (new leaf tensors). The arrays may be read-only
+    (Ray hands an actor zero-copy views of its object store): ``torch.tensor`` copies them, so no tensor shares
+    their memory."""
+    return {name: torch.tensor(np.asarray(a), device=device).requires_grad_(requires_grad) for name, a in d.items()}

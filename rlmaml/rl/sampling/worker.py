@@ -113,6 +113,7 @@ class RolloutWorker:
         import_env_module(spec.env_module, spec.env_path)
         self.spec = spec
         self._envs: dict[tuple[int, int], Any] = {}
+        self._shared: dict[int, int] = {}  # trajectories K -> how many slot envs share one physics batch
         self._env_kwargs = dict(spec.env_kwargs)
         probe = self._env(spec.trajectories)
         if spec.env_threads != 1 and "num_threads" not in self._env_kwargs and _takes_threads(probe):
@@ -189,6 +190,11 @@ class RolloutWorker:
         """Every request's episode batches ``[D_0, ..., D_steps]``; the requests share trajectories and lrs."""
         k = requests[0].trajectories or self.spec.trajectories
         envs = [self._env(k, slot) for slot in range(len(requests))]
+        if len(envs) > self._shared.get(k, 1):  # new slots: one physics batch for all of them (same data)
+            from envs import share_physics
+
+            share_physics([self._env(k, slot) for slot in range(len(envs))])
+            self._shared[k] = len(envs)
         seeds = [task_seeds(self.spec.seed, r.iteration, r.task_index, r.stream) for r in requests]
         generators = [torch.Generator().manual_seed(noise_seed) for _, noise_seed in seeds]
         for env, r in zip(envs, requests, strict=True):
