@@ -46,15 +46,22 @@ def evaluated(tmp_path) -> dict[str, Path]:
 
 
 def test_report_puts_our_returns_beside_the_papers(evaluated) -> None:
+    metrics = [{"iteration": i, "iteration_time_s": 30.0} for i in range(50)]
+    metrics.append({"iteration": 49, "iteration_time_s": 60.0})  # a resume reran iteration 49: the rerun counts
+    (evaluated["maml"] / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in metrics) + "\n{\"iter")
     text = render_report([RunDir.open(evaluated["maml"]), RunDir.open(evaluated["oracle"])])
     lines = text.splitlines()
     assert "## Meta-RL: 2D navigation" in lines
-    assert "| MAML | ours: nav2d | -41.2 ± 1.0 | -12.5 ± 1.0 | -4.0 ± 1.0 | -3.5 ± 1.0 | 40 goals, K=40, H=100 |" in lines
-    assert "| MAML | paper | -40.4 | -11.7 | -3.3 | -3.2 | 40 goals |" in lines
-    assert "| oracle | ours: nav2d-oracle | -2.8 ± 0.2 | – | – | – | 40 goals, K=40, H=100 |" in lines
-    assert "| oracle | paper | -2.3 | – | – | – | 40 goals |" in lines
-    assert lines.index("| MAML | paper | -40.4 | -11.7 | -3.3 | -3.2 | 40 goals |") < lines.index(
-        "| oracle | paper | -2.3 | – | – | – | 40 goals |")
+    maml = "| MAML | paper | ≤ 500 it | -40.4 | -11.7 | -3.3 | -3.2 | 40 goals |"
+    oracle = "| oracle | paper | ≤ 500 it | -2.3 | – | – | – | 40 goals |"
+    # 50 iterations, 49 x 30 s + 60 s = 25.5 min (the cut-short last line is skipped); evaluated checkpoint #99
+    assert ("| MAML | ours: nav2d | 50 it, 26 min; #99 | -41.2 ± 1.0 | -12.5 ± 1.0 | -4.0 ± 1.0 | -3.5 ± 1.0 "
+            "| 40 goals, K=40, H=100 |") in lines
+    assert maml in lines
+    assert "| oracle | ours: nav2d-oracle | – | -2.8 ± 0.2 | – | – | – | 40 goals, K=40, H=100 |" in lines  # no metrics
+    assert oracle in lines
+    assert "| random init | paper | none | -82.7 | -58.0 | -53.8 | -46.8 | 40 goals |" in lines
+    assert lines.index(maml) < lines.index(oracle)
 
 
 def test_report_has_the_sinusoid_k5_table(evaluated) -> None:
