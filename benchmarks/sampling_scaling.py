@@ -3,6 +3,7 @@
     python benchmarks/sampling_scaling.py                  # 40 * fraction tasks x 20 trajectories x H 200
     python benchmarks/sampling_scaling.py --fraction 1.0   # the paper's meta-batch of 40 tasks
     python benchmarks/sampling_scaling.py --preset nav2d --fraction 0.5 --tasks-per-call 1   # 20 nav2d tasks
+    python benchmarks/sampling_scaling.py --fraction 1 --learn-repeats 1 --set rl.compile=true rl.cg_task_fraction=0.25
 
 In one run, with the same θ and tasks (one meta-batch: the pre- and post-adaptation rollouts of every task):
 
@@ -12,7 +13,8 @@ In one run, with the same θ and tasks (one meta-batch: the pre- and post-adapta
        worker's own actions and seeds (same trajectories); (a2) minus (a1) is the worker's own cost;
   (a2) ``RolloutWorker.sample_tasks`` in this process (LocalSampler's path: policy forward, noise, buffers,
        adaptation);
-  (a3) the same worker with the pre-issue-17 loop (:func:`legacy_rollout_tasks`: each task's env stepped on its own);
+  (a3) the worker as before issue 17: :func:`legacy_rollout_tasks`, each task's env stepped on its own, and the
+       Python-loop physics stepper (``stepper="loop"``) for the MuJoCo tasks;
   (b)  RaySampler with 1 actor, (c) with ``--workers`` actors of 1 env thread each, (e) with 1 actor of
        ``--workers`` env threads (``WorkerSpec.env_threads``: ``mujoco.batch`` on that many threads);
   (f)  ``--workers`` actors on as many one-CPU nodes of a ``ray.cluster_utils.Cluster``, against the cost model of
@@ -232,8 +234,10 @@ def in_process(cfg: Any, spec: WorkerSpec, requests: list[Any], repeats: int, se
         runs["a1"] = lambda: replay(replay_envs, [r.task for r in requests], seeds, actions, rescale)
         assert runs["a1"]() == sum(r["env_steps"] for r in first), "the replay did not reproduce the rollouts"
 
-    with legacy_worker():
-        old_worker = RolloutWorker(spec, num_threads=1)
+    with legacy_worker():  # and the Python-loop physics stepper, the only one before issue 17
+        old_spec = dataclasses.replace(spec, env_kwargs={**spec.env_kwargs, "stepper": "loop"})
+        mujoco_env = hasattr(bare_env, "stepper")
+        old_worker = RolloutWorker(old_spec if mujoco_env else spec, num_threads=1)
 
     def legacy() -> list[dict[str, Any]]:
         with legacy_worker():
@@ -301,11 +305,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks-per-call", type=int, default=0,
                         help="tasks per Ray actor call (rl.tasks_per_call; 0: a share of the tasks left)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. --set rl.compile=true rl.cg_task_fraction=0.25 (the learner of (d))")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     n_tasks = max(int(round(PAPER_TASKS * args.fraction)), args.workers)
-    cfg = build_config(args.preset, [f"optim.meta_batch={n_tasks}", f"run.seed={args.seed}", "run.device=auto"])
+    cfg = build_config(args.preset, [f"optim.meta_batch={n_tasks}", f"run.seed={args.seed}", "run.device=auto",
+                                     *args.set])
     spec = WorkerSpec.from_config(cfg)
     requests = task_requests(cfg, make_task_distribution(cfg), 0)
     rollouts = len(requests[0].lrs) + 1
