@@ -30,7 +30,7 @@ from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
 from .base import TaskEnvMixin, check_action, check_actions, check_active, check_finite, copy_task
-from .mujoco_batch import RowStepper, batch_module, make_stepper, share_batch
+from .mujoco_batch import RowStepper, advance_together, batch_module, make_stepper, share_batch
 
 _BAD_WARNINGS = np.array(
     [
@@ -271,7 +271,7 @@ class MujocoBatchedEnv:
         self._sim = make_stepper(stepper, self.envs, self.cls.needs_cfrc, self.num_threads)
         self.stepper = self._sim.name  # "batch" or "loop": the one in use
         self._task = e0.get_task()
-        self._task_rows = np.broadcast_to(e0._task_vec, (k, e0._task_vec.shape[0]))  # the kernels' task rows
+        self._task_rows = self._rows_of(e0._task_vec)
 
     # ----- task ----------------------------------------------------------------------------
     def set_task(self, task: dict) -> None:
@@ -279,8 +279,11 @@ class MujocoBatchedEnv:
         for e in self.envs:
             e.set_task(task)
         self._task = self.envs[0].get_task()
-        vec = self.envs[0]._task_vec
-        self._task_rows = np.broadcast_to(vec, (self.num_envs, vec.shape[0]))
+        self._task_rows = self._rows_of(self.envs[0]._task_vec)
+
+    def _rows_of(self, task_vec: np.ndarray) -> np.ndarray:
+        """The task as the kernels take it: one row per simulation, ``[K, task_dim]`` (a read-only view)."""
+        return np.broadcast_to(task_vec, (self.num_envs, task_vec.shape[0]))
 
     def get_task(self) -> dict:
         return copy_task(self._task)
@@ -309,18 +312,14 @@ class MujocoBatchedEnv:
         then one observation / reward kernel call for all M·K simulations, the task as rows. Each env's
         result is its own ``step(actions[i], active[i])``'s (the kernels are row-wise)."""
         e0 = envs[0]
-        if any(e.cls is not e0.cls or e.envs[0].oracle != e0.envs[0].oracle or e.dt != e0.dt for e in envs):
+        if any(e.cls is not e0.cls or e.envs[0].oracle != e0.envs[0].oracle or e.dt != e0.dt
+               or e.num_envs != e0.num_envs for e in envs):
             out = [e.step(a, active=act)[:4] for e, a, act in zip(envs, actions, active, strict=True)]
             return tuple(np.stack(x) for x in zip(*out, strict=True))
         begun = [e._begin(a, act) for e, a, act in zip(envs, actions, active, strict=True)]
-        shared = {id(e._sim.shared) for e in envs if isinstance(e._sim, RowStepper)}
-        if len(shared) == 1 and all(isinstance(e._sim, RowStepper) for e in envs):  # one physics call for all
-            sim = envs[0]._sim.shared
-            n = sim._qpos.shape[0]
-            run, ctrl = np.zeros(n, dtype=bool), np.zeros((n, e0._nu))
-            for e, (_, a, r, _) in zip(envs, begun, strict=True):
-                run[e._sim.rows], ctrl[e._sim.rows] = r, e._ctrl(a)
-            sim.advance(run, ctrl)
+        sims = [e._sim for e in envs]
+        if all(isinstance(s, RowStepper) for s in sims) and len({id(s.shared) for s in sims}) == 1:
+            advance_together(sims, [b[2] for b in begun], [e._ctrl(b[1]) for e, b in zip(envs, begun, strict=True)])
         else:
             for e, (_, a, r, _) in zip(envs, begun, strict=True):
                 e._sim.advance(r, e._ctrl(a))

@@ -228,10 +228,7 @@ class RowStepper:
         return self.shared._qpos[self.rows].copy()
 
     def advance(self, run: np.ndarray, ctrl: np.ndarray) -> None:
-        n = self.shared._qpos.shape[0]
-        full_run, full_ctrl = np.zeros(n, dtype=bool), np.zeros((n, self._nu))
-        full_run[self.rows], full_ctrl[self.rows] = run, ctrl
-        self.shared.advance(full_run, full_ctrl)
+        advance_together([self], [run], [ctrl])
 
     def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         return self.shared.state(self.rows)
@@ -241,6 +238,17 @@ class RowStepper:
 
     def close(self) -> None:
         pass  # the shared batch ends with the last env that holds it
+
+
+def advance_together(steppers: list[RowStepper], runs: list[np.ndarray], ctrls: list[np.ndarray]) -> None:
+    """Advance the rows of several :class:`RowStepper` of one shared batch in one ``mujoco.batch`` call
+    (``runs[i]`` / ``ctrls[i]``: stepper i's which-to-step mask and controls)."""
+    shared = steppers[0].shared
+    n = shared._qpos.shape[0]
+    run, ctrl = np.zeros(n, dtype=bool), np.zeros((n, steppers[0]._nu))
+    for s, r, c in zip(steppers, runs, ctrls, strict=True):
+        run[s.rows], ctrl[s.rows] = r, c
+    shared.advance(run, ctrl)
 
 
 def share_batch(module: ModuleType, steppers: list[Any], envs: list[list[Any]], needs_cfrc: bool,
