@@ -73,3 +73,18 @@ def test_the_sinusoid_zoo_model_reproduces_its_eval_json(tmp_path: Path, one_thr
         assert new["mean"] == pytest.approx(old["mean"], rel=1e-3)
     k5 = {r["steps"]: r for r in fresh["rows"] if r["shots"] == 5}
     assert k5[10]["mean"] - k5[10]["ci95"] < 0.35 and k5[1]["mean"] < k5[0]["mean"] / 3
+
+
+@pytest.mark.mujoco
+def test_the_halfcheetah_dir_zoo_policy_evaluates_on_a_fresh_clone(tmp_path: Path, one_thread) -> None:
+    """``rlmaml eval zoo/halfcheetah-dir`` (a MuJoCo entry) runs with no training, at small sizes: it evaluates the
+    shipped best checkpoint (#165) and records every goal's direction and returns."""
+    pytest.importorskip("mujoco")
+    run = _copy(ZOO / "halfcheetah-dir", tmp_path)
+    assert main(["eval", str(run), "eval.goals=2", "eval.trajectories=4", "eval.rl_steps=1",
+                 "--backend", "local"]) == 0
+    res = json.loads((run / "eval.json").read_text())
+    assert res["checkpoint_iteration"] == 165
+    assert [(r["steps"], r["goals"]) for r in res["rows"]] == [(0, 2), (1, 2)]
+    assert {abs(t["direction"]) for t in res["per_goal"]["tasks"]} == {1.0}
+    assert torch.isfinite(torch.tensor(res["per_goal"]["returns"])).all()
