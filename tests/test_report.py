@@ -109,7 +109,11 @@ def test_a_run_without_eval_json_is_a_clear_error(tmp_path, capsys) -> None:
 @pytest.mark.parametrize(("preset", "kind"), [("nav2d", "MAML"), ("nav2d-pretrained", "pretrained"),
                                               ("nav2d-random", "random"), ("nav2d-oracle", "oracle"),
                                               ("halfcheetah-vel-oracle", "oracle"),
-                                              ("halfcheetah-vel-pretrained", "pretrained")])
+                                              ("halfcheetah-vel-pretrained", "pretrained"),
+                                              ("halfcheetah-dir-oracle", "oracle"),
+                                              ("halfcheetah-dir-pretrained", "pretrained"),
+                                              ("ant-vel", "MAML"), ("ant-vel-oracle", "oracle"),
+                                              ("ant-vel-pretrained", "pretrained")])
 def test_presets_are_classified_as_their_method(preset, kind) -> None:
     assert method_kind(to_dict(build_config(preset))) == kind
 
