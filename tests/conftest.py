@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
+SHARED_OMNIGLOT = Path(__file__).parents[1].parent / "shared/data/omniglot"
 RAY_TEST_CPUS = 4
 
 
@@ -58,3 +59,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def omniglot_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(root, cache)``: the real Omniglot zips beside the project (``../shared/data/omniglot``; the test is
+    skipped where they are absent), decoded once per test session into the session cache folder ``cache``."""
+    from rlmaml.supervised.omniglot_data import load_omniglot
+
+    if not (SHARED_OMNIGLOT / "images_background.zip").is_file():
+        pytest.skip(f"the shared Omniglot data is not at {SHARED_OMNIGLOT}")
+    cache = tmp_path_factory.mktemp("omniglot-cache")
+    load_omniglot(SHARED_OMNIGLOT, cache)
+    return SHARED_OMNIGLOT, cache

@@ -27,20 +27,17 @@ from rlmaml.supervised.omniglot import (
     sample_task_batch,
 )
 
-SHARED_DATA = Path(__file__).parents[1].parent / "shared/data/omniglot"
-
 
 @pytest.fixture(scope="session")
-def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[OmniglotData, Path]:
-    """The real dataset, decoded once per test session into a session cache directory."""
-    if not (SHARED_DATA / "images_background.zip").is_file():
-        pytest.skip(f"the shared Omniglot data is not at {SHARED_DATA}")
-    cache = tmp_path_factory.mktemp("omniglot-cache")
-    return load_omniglot(SHARED_DATA, cache), cache
+def real(omniglot_source: tuple[Path, Path]) -> tuple[OmniglotData, Path, Path]:
+    """``(data, cache, root)``: the real dataset, read from the session's cache (``omniglot_source`` in
+    conftest.py), that cache folder and the folder of the zips."""
+    root, cache = omniglot_source
+    return load_omniglot(root, cache), cache, root
 
 
-def real_domain(real: tuple[OmniglotData, Path], **overrides) -> OmniglotDomain:
-    return OmniglotDomain(OmniglotConfig(root=str(SHARED_DATA), cache_dir=str(real[1]), **overrides))
+def real_domain(real: tuple[OmniglotData, Path, Path], **overrides) -> OmniglotDomain:
+    return OmniglotDomain(OmniglotConfig(root=str(real[2]), cache_dir=str(real[1]), **overrides))
 
 
 # ---------------------------------------------------------------------------------------- fake sources
@@ -79,7 +76,7 @@ def zip_folder(folder: Path, part: str) -> Path:
 
 
 def test_real_dataset_has_1623_characters_of_20_drawings(real):
-    data, _ = real
+    data = real[0]
     assert data.images.shape == (1623, 20, 28, 28)
     assert data.images.dtype == np.uint8
     assert data.images.shape[0] * data.images.shape[1] == 32_460
@@ -95,14 +92,14 @@ def test_real_images_have_bright_ink_on_dark_background(real):
 
 
 def test_second_load_comes_from_the_cache_file(real, monkeypatch):
-    data, cache = real
+    data, cache, root = real
     assert len(list(cache.glob("*.npy"))) == 1 and len(list(cache.glob("*.json"))) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
     monkeypatch.setattr(omniglot, "_decode", no_decoding)
-    again = load_omniglot(SHARED_DATA, cache)
+    again = load_omniglot(root, cache)
     np.testing.assert_array_equal(again.images, data.images)
     assert again.characters == data.characters and again.background == data.background
 
@@ -112,7 +109,7 @@ def test_cache_metadata_names_characters_and_fingerprints_the_zips(real):
     assert meta["characters"][0] == "Alphabet_of_the_Magi/character01"
     zips = {source["zip"]: source for source in meta["sources"].values()}
     assert set(zips) == {"images_background.zip", "images_evaluation.zip"}
-    assert zips["images_background.zip"]["size"] == (SHARED_DATA / "images_background.zip").stat().st_size
+    assert zips["images_background.zip"]["size"] == (real[2] / "images_background.zip").stat().st_size
     assert all(len(source["sha256"]) == 64 for source in zips.values())
 
 

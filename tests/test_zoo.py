@@ -88,3 +88,23 @@ def test_the_halfcheetah_dir_zoo_policy_evaluates_on_a_fresh_clone(tmp_path: Pat
     assert [(r["steps"], r["goals"]) for r in res["rows"]] == [(0, 2), (1, 2)]
     assert {abs(t["direction"]) for t in res["per_goal"]["tasks"]} == {1.0}
     assert torch.isfinite(torch.tensor(res["per_goal"]["returns"])).all()
+
+
+@pytest.mark.slow
+def test_the_omniglot_zoo_model_reproduces_its_eval_json(tmp_path: Path, one_thread, omniglot_source,
+                                                           monkeypatch) -> None:
+    """``rlmaml eval zoo/omniglot-5w1s`` with the images found through ``$RLMAML_DATA`` (600 test tasks of the
+    paper's 423 test characters) gives the committed accuracies, up to float rounding across machines."""
+    root, cache = omniglot_source
+    monkeypatch.setenv("RLMAML_DATA", str(root))
+    entry = ZOO / "omniglot-5w1s"
+    committed = json.loads((entry / "eval.json").read_text())
+    run = _copy(entry, tmp_path)
+    assert main(["eval", str(run), f"omniglot.cache_dir={cache}"]) == 0
+    fresh = json.loads((run / "eval.json").read_text())
+    key = [(r["shots"], r["steps"], r["metric"]) for r in committed["rows"]]
+    assert [(r["shots"], r["steps"], r["metric"]) for r in fresh["rows"]] == key
+    for old, new in zip(committed["rows"], fresh["rows"], strict=True):
+        assert new["mean"] == pytest.approx(old["mean"], rel=1e-3)
+    accuracy = {r["steps"]: r["mean"] for r in fresh["rows"] if r["metric"] == "accuracy"}
+    assert accuracy[0] < 0.25 and accuracy[3] > 0.97  # chance before adapting; the paper's level after
