@@ -1,12 +1,12 @@
 """Machinery shared by the MuJoCo task families (HalfCheetah*, Ant*).
 
 Each family is a subclass of :class:`MujocoTaskMixin` and a Gymnasium v5 env
-(``HalfCheetahEnv`` / ``AntEnv``): the v5 model (xml), frame skip (5), reset noise and
-observation layout are reused; the reward, termination, action scaling and the
-instability handling are ours.  Observations and rewards are computed by vectorised
-class-level kernels over ``[K, ...]`` arrays taken directly from ``data.qpos / qvel /
-cfrc_ext``; the single env uses them with K = 1 and :class:`MujocoBatchedEnv` with K
-instances, so both produce identical trajectories.
+(``HalfCheetahEnv`` / ``AntEnv``): the v5 model (xml), reset noise and observation layout
+are reused; the frame skip is v5's 5 for HalfCheetah and rllab's 1 for Ant (``envs/ant.py``
+says why); the reward, termination, action scaling and the instability handling are ours.
+Observations and rewards are computed by vectorised class-level kernels over ``[K, ...]``
+arrays taken directly from ``data.qpos / qvel / cfrc_ext``; the single env uses them with
+K = 1 and :class:`MujocoBatchedEnv` with K instances, so both produce identical trajectories.
 
 Instability: after each step the MuJoCo warning counters for bad qpos / qvel / qacc / ctrl
 are compared with their value at reset (MuJoCo silently resets the simulation when it

@@ -58,21 +58,39 @@ def test_check_env(env_id):
 
 
 @pytest.mark.parametrize(
-    "env_id, gym_id",
+    "env_id, gym_id, ref_kwargs",
     [
-        ("rlmaml/HalfCheetahVel-v0", "HalfCheetah-v5"),
-        ("rlmaml/AntVel-v0", "Ant-v5"),
-        ("rlmaml/AntDir-v0", "Ant-v5"),
+        ("rlmaml/HalfCheetahVel-v0", "HalfCheetah-v5", {}),
+        ("rlmaml/AntVel-v0", "Ant-v5", {"frame_skip": 1}),  # the Ant family steps at rllab's dt (envs/ant.py)
+        ("rlmaml/AntDir-v0", "Ant-v5", {"frame_skip": 1}),
     ],
 )
-def test_observation_layout_is_v5(env_id, gym_id):
+def test_observation_layout_is_v5(env_id, gym_id, ref_kwargs):
     with _quiet_model_compile():  # Gymnasium's half_cheetah.xml triggers a deprecation notice
-        ours, ref = gym.make(env_id).unwrapped, gym.make(gym_id).unwrapped
+        ours, ref = gym.make(env_id).unwrapped, gym.make(gym_id, **ref_kwargs).unwrapped
     np.testing.assert_array_equal(ours.reset(seed=4)[0], ref.reset(seed=4)[0])
     a = np.linspace(-0.9, 0.9, ref.action_space.shape[0])
     for _ in range(3):
         np.testing.assert_array_equal(ours.step(a)[0], ref.step(a)[0])
     assert ours.observation_space.shape == ref.observation_space.shape
+
+
+@pytest.mark.parametrize("env_id", ["rlmaml/AntVel-v0", "rlmaml/AntDir-v0", "rlmaml/AntGoal-v0"])
+def test_ant_steps_at_rllabs_dt_so_a_random_policy_survives_the_horizon(env_id):
+    """At rllab's dt (0.01 s per action) a random policy's ant stays healthy for most of H = 200; at v5's
+    frame skip 5 it jumps out of the healthy range within about 55 steps (envs/ant.py)."""
+    env = gym.make(env_id, task=TASKS[family(env_id)]).unwrapped
+    assert env.dt == pytest.approx(0.01)
+    rng = np.random.default_rng(0)
+    lengths = []
+    for ep in range(5):
+        env.reset(seed=ep)
+        steps, terminated = 0, False
+        while steps < 200 and not terminated:
+            terminated = env.step(np.clip(rng.normal(size=8), -1, 1))[2]
+            steps += 1
+        lengths.append(steps)
+    assert np.mean(lengths) > 150, lengths
 
 
 def test_observation_sizes():
@@ -147,17 +165,18 @@ def test_ant_reward_formulas_by_hand(cls, task_vec, expected):
         assert cls._reward_batch(np.array([task_vec]), xb, qpos_z, qvel, cfrc, a, 0.05)[1][0]
 
 
-def _independent_step(env, qpos, qvel, ctrl, rne):
-    """Step a separate MjData of the env's model by hand."""
+def _independent_step(env, qpos, qvel, ctrl, rne, nstep):
+    """Step a separate MjData of the env's model by hand, ``nstep`` MuJoCo steps per action (HalfCheetah: v5's 5;
+    Ant: rllab's 1)."""
     m = env.model
     d = mujoco.MjData(m)
     d.qpos[:], d.qvel[:] = qpos, qvel
     mujoco.mj_forward(m, d)
     d.ctrl[:] = ctrl
-    mujoco.mj_step(m, d, nstep=5)
+    mujoco.mj_step(m, d, nstep=nstep)
     if rne:
         mujoco.mj_rnePostConstraint(m, d)
-    return d, 5 * m.opt.timestep
+    return d, nstep * m.opt.timestep
 
 
 def test_half_cheetah_end_to_end_against_raw_mujoco():
@@ -166,7 +185,7 @@ def test_half_cheetah_end_to_end_against_raw_mujoco():
     q0, v0 = env.data.qpos.copy(), env.data.qvel.copy()
     action = np.array([0.5, -2.0, 0.3, 1.5, 0.0, -0.7])
     clipped = np.clip(action, -1, 1)
-    d, dt = _independent_step(env, q0, v0, clipped, rne=False)
+    d, dt = _independent_step(env, q0, v0, clipped, rne=False, nstep=5)
     vx = (d.qpos[0] - q0[0]) / dt
     obs, r, term, trunc, info = env.step(action)
     assert r == pytest.approx(-abs(vx - 1.3) - 0.05 * np.sum(clipped**2), rel=1e-9, abs=1e-9)
@@ -186,7 +205,7 @@ def test_ant_end_to_end_against_raw_mujoco(f):
         action = rng.uniform(-1.5, 1.5, size=8)  # partly out of range
         clipped = np.clip(action, -1, 1)
         q0, v0 = env.data.qpos.copy(), env.data.qvel.copy()
-        d, dt = _independent_step(env, q0, v0, clipped, rne=True)
+        d, dt = _independent_step(env, q0, v0, clipped, rne=True, nstep=1)
         obs, r, term, _, info = env.step(action)
         vx = (d.qpos[0] - q0[0]) / dt
         ctrl = 0.5 * 1e-2 * np.sum(clipped**2)
