@@ -304,6 +304,7 @@ def validate(cfg: Config) -> None:
     _require(r.num_workers >= 0, f"rl.num_workers must be >= 0, got {r.num_workers}")
     _require(r.tasks_per_call >= 0, f"rl.tasks_per_call must be >= 0, got {r.tasks_per_call}")
     _require(r.env_threads >= 1, f"rl.env_threads must be >= 1, got {r.env_threads}")
+    _require(r.frame_skip >= 0, f"rl.frame_skip must be >= 1, or 0 for the env's own, got {r.frame_skip}")
     _choice(r.batch, "rl.batch", ("trajectories", "steps"))
     _require(not (r.compile and r.outer == "ppo"), "rl.compile=true compiles the TRPO step; rl.outer=ppo has none to "
              "compile (set rl.compile=false)")

@@ -65,6 +65,7 @@ INT_BOUNDS: dict[str, int] = {
     "rl.num_workers": 10_000,
     "rl.tasks_per_call": 100_000,
     "rl.env_threads": 1024,
+    "rl.frame_skip": 1_000,
     "rl.max_task_retries": 1_000,
     "eval.test_tasks": 1_000_000,
     "eval.shots": 100_000,

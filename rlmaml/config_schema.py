@@ -145,6 +145,9 @@ class RLConfig:
     """Module to import before making the env (for user envs that register themselves)."""
     task_distribution: str = ""
     """'module:Class' of the task distribution; empty uses the one registered for the env id."""
+    frame_skip: int = 0
+    """MuJoCo steps per action (the env's frame_skip); 0 keeps the env's own: 5 (Gymnasium v5) for HalfCheetah, 1
+    (rllab's dt = 0.01 s, the paper's) for Ant."""
     horizon: int = 100
     """Steps per trajectory (H)."""
     trajectories: int = 20

@@ -14,7 +14,7 @@ from typing import Any
 from rlmaml.config import Config, ConfigError
 from rlmaml.rl.env_module import import_env_module
 from rlmaml.rl.sampling.samplers import LocalSampler, Sampler
-from rlmaml.rl.sampling.worker import TaskRequest, WorkerSpec
+from rlmaml.rl.sampling.worker import TaskRequest, WorkerSpec, config_env_kwargs
 from rlmaml.seeding import iteration_rng
 
 
@@ -76,8 +76,13 @@ def check_rl_config(cfg: Config) -> None:
     from envs import make_batched
 
     try:
-        probe = make_batched(cfg.rl.env, 1, tasks[0])
-    except (ValueError, TypeError) as exc:
+        probe = make_batched(cfg.rl.env, 1, tasks[0], **config_env_kwargs(cfg))
+    except TypeError as exc:
+        if cfg.rl.frame_skip and "frame_skip" in str(exc):
+            raise ConfigError(f"rl.frame_skip={cfg.rl.frame_skip}: {cfg.rl.env} takes no frame_skip (the MuJoCo "
+                              f"envs do); leave it at 0") from None
+        raise ConfigError(f"rl.env {cfg.rl.env!r}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
         raise ConfigError(f"rl.env {cfg.rl.env!r}: {str(exc).splitlines()[0]}") from None
     try:
         check_spaces(probe.single_observation_space, probe.single_action_space, cfg.rl.env,

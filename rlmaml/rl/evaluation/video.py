@@ -136,11 +136,12 @@ def record_episode(cfg: Config, policy: torch.nn.Module, params: dict[str, torch
 
     import envs  # noqa: F401
     from rlmaml.rl.policies import act, action_rescaler
+    from rlmaml.rl.sampling.worker import config_env_kwargs
 
     target = out_dir / f"{name}-episode-0.mp4"
     target.unlink(missing_ok=True)
     env = gymnasium.make(cfg.rl.env, render_mode="rgb_array", task=task, width=VIDEO_SIZE[0], height=VIDEO_SIZE[1],
-                         max_episode_steps=cfg.rl.horizon, disable_env_checker=True)
+                         max_episode_steps=cfg.rl.horizon, disable_env_checker=True, **config_env_kwargs(cfg))
     with warnings.catch_warnings():  # the folder is ours; RecordVideo warns whenever it already exists
         warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
         env = RecordVideo(env, str(out_dir), episode_trigger=lambda _: True, name_prefix=name, disable_logger=True)

@@ -80,7 +80,12 @@ class WorkerSpec:
         return cls(env_id=r.env, horizon=r.horizon, trajectories=r.trajectories, hidden=tuple(r.hidden),
                    init_std=r.init_std, min_std=r.min_std, gamma=r.gamma, gae_lambda=r.gae_lambda,
                    inner_loss=r.inner_loss, seed=cfg.run.seed, env_module=r.env_module, env_threads=r.env_threads,
-                   normalize_actions=r.normalize_actions, env_path=env_path)
+                   env_kwargs=config_env_kwargs(cfg), normalize_actions=r.normalize_actions, env_path=env_path)
+
+
+def config_env_kwargs(cfg: Config) -> dict[str, Any]:
+    """The keyword arguments the config passes to every env it makes (``rl.frame_skip``, when set)."""
+    return {"frame_skip": cfg.rl.frame_skip} if cfg.rl.frame_skip else {}
 
 
 @dataclass(frozen=True)
